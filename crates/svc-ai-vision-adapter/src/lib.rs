@@ -1,0 +1,100 @@
+//! Recognition: consume requests, fetch the image via media access, run the engine, publish the result.
+//!
+//! Foundation stage: serves the ops routes and creates the topics; the pipeline is built in the
+//! analysis-path issue, the engines in the recognition issue.
+
+use anyhow::Context;
+use contracts::names::Topics;
+use messaging::EventLog;
+use messaging::config::MessagingConfig;
+use messaging::memory::InProcessBroker;
+use runtime::{Health, Shutdown};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+pub const SERVICE: &str = contracts::names::services::VISION_ADAPTER;
+
+/// This service's own settings (env vars; defaults run the embedded mode).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Listen address of the HTTP server (ops routes and API).
+    pub http_addr: String,
+    /// Partitions of topics this service creates.
+    pub topic_partitions: i32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            http_addr: "127.0.0.1:8085".into(),
+            topic_partitions: 4,
+        }
+    }
+}
+
+/// Configuration: this service's settings plus the shared parts, each read from env vars.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub settings: Settings,
+    /// Brokers; empty → the in-process broker.
+    pub messaging: MessagingConfig,
+    /// Kafka topic names (`TOPIC_IMAGE_UPLOADED`, ...).
+    pub topics: Topics,
+}
+
+impl Config {
+    /// From env vars; `prefix` (e.g. the service name in `trackunit up`) overrides per service.
+    pub fn from_env(prefix: Option<&str>) -> anyhow::Result<Self> {
+        Self::from_env_over(prefix, &Self::default())
+    }
+
+    /// Env vars over `base` instead of the defaults.
+    pub fn from_env_over(prefix: Option<&str>, base: &Self) -> anyhow::Result<Self> {
+        Ok(Self {
+            settings: runtime::config::from_env_over(prefix, &base.settings)?,
+            messaging: runtime::config::from_env_over(prefix, &base.messaging)?,
+            topics: runtime::config::from_env_over(prefix, &base.topics)?,
+        })
+    }
+}
+
+/// What the service talks to, connected from config (or shared, in the one-process mode).
+pub struct Deps {
+    pub log: Arc<dyn EventLog>,
+}
+
+impl Deps {
+    /// Real brokers where configured; `in_process` otherwise.
+    pub fn connect(config: &Config, in_process: &InProcessBroker) -> anyhow::Result<Self> {
+        let _ = (config, in_process);
+        Ok(Self {
+            log: config.messaging.event_log(SERVICE, in_process)?,
+        })
+    }
+}
+
+/// Run until `shutdown`, then drain within the grace period.
+pub async fn run(config: Config, deps: Deps, shutdown: Shutdown) -> anyhow::Result<()> {
+    let health = Health::new();
+    deps.log
+        .create_topics(&messaging::topology::kafka_topics(
+            &config.topics,
+            config.settings.topic_partitions,
+        ))
+        .await
+        .context("creating the Kafka topics")?;
+    let log = deps.log.clone();
+    health.check(log.backend(), move || {
+        let log = log.clone();
+        async move { log.check().await.map_err(|e| e.to_string()) }
+    });
+    let _ = &deps;
+    let listener = runtime::http::bind(&config.settings.http_addr).await?;
+    tracing::info!(service = SERVICE, addr = %listener.local_addr()?, "listening");
+    let router = runtime::http::service_router(SERVICE, axum::Router::new(), health.clone());
+    let token = shutdown.token();
+    runtime::http::serve_service(listener, router, health.clone(), token.clone()).await?;
+    tracing::info!(service = SERVICE, "stopped");
+    Ok(())
+}
