@@ -18,9 +18,6 @@
 #   Garage          :3900  S3 API (cargo install), bucket trackunit-images
 #
 # Binaries built from crates.io go to ~/.cargo/bin once (each takes minutes); later runs skip them.
-#
-# Every daemon started here gets stdin/stdout/stderr pointed at files: callers read this script's
-# stdout through a pipe ($(...)), and a daemon holding that pipe open would make them wait forever.
 set -euo pipefail
 
 STATE="${TU_INFRA_DIR:-$HOME/.cache/trackunit-infra}"
@@ -44,6 +41,21 @@ wait_port() {
 }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Runs a command that leaves a daemon behind, with no inherited descriptors but its log: a daemon
+# that kept a pipe of our caller open (even a stray one bash holds) would keep the caller waiting.
+# Synchronous: the command must itself return once the daemon runs (-detached, -d, setsid -f).
+detached() { # logfile command...
+  local logfile=$1; shift
+  (
+    exec </dev/null >>"$logfile" 2>&1
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-"
+    done
+    "$@"
+  )
+}
 
 apt_install() {
   command -v apt-get >/dev/null || die "need $* but apt-get is not available; install it by hand"
@@ -79,7 +91,7 @@ up_rabbitmq() {
   command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
   if ! listening 5672; then
     log "starting RabbitMQ"
-    as_root rabbitmq-server -detached </dev/null >>"$STATE/rabbitmq.log" 2>&1
+    detached "$STATE/rabbitmq.log" as_root rabbitmq-server -detached
     wait_port 5672 RabbitMQ 300
   fi
   rabbitmqctl -q await_startup >/dev/null 2>&1 || true
@@ -95,10 +107,10 @@ up_rabbitmq() {
     echo "[]." | as_root tee "$dir/enabled_plugins" >/dev/null
     as_root chown -R rabbitmq:rabbitmq "$dir"
     # The Debian wrapper re-runs itself as user rabbitmq with `su`, which keeps these variables.
-    (cd /tmp && as_root env RABBITMQ_NODENAME="$FAULTS_NODE" RABBITMQ_DIST_PORT=25673 \
-      RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
+    (cd /tmp && detached "$STATE/rabbitmq-faults.log" as_root env RABBITMQ_NODENAME="$FAULTS_NODE" \
+      RABBITMQ_DIST_PORT=25673 RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
       RABBITMQ_CONFIG_FILE="$dir/rabbitmq" RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" \
-      RABBITMQ_PID_FILE="$dir/pid" rabbitmq-server -detached) </dev/null >>"$STATE/rabbitmq-faults.log" 2>&1
+      RABBITMQ_PID_FILE="$dir/pid" rabbitmq-server -detached)
     wait_port "$FAULTS_PORT" "RabbitMQ faults node" 300
   fi
   rabbitmqctl -q -n "$FAULTS_NODE" await_startup >/dev/null 2>&1 || true
@@ -112,7 +124,7 @@ up_postgres() {
     log "starting PostgreSQL"
     local version
     version=$(ls /etc/postgresql | sort -V | tail -1)
-    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start </dev/null >>"$STATE/postgresql.log" 2>&1
+    detached "$STATE/postgresql.log" as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
     wait_port 5432 PostgreSQL
   fi
   psql -h 127.0.0.1 -U postgres -d postgres -tAc 'select 1' >/dev/null \
@@ -145,7 +157,7 @@ pidfile = $dir/pgbouncer.pid
 CONF
     echo '"postgres" ""' | as_root tee "$dir/userlist.txt" >/dev/null
     as_root chown -R postgres:postgres "$dir"
-    as_root su postgres -s /bin/sh -c "pgbouncer -d $dir/pgbouncer.ini" </dev/null >>"$STATE/pgbouncer.log" 2>&1
+    detached "$STATE/pgbouncer.log" as_root su postgres -s /bin/sh -c "pgbouncer -d $dir/pgbouncer.ini"
     wait_port 6432 PgBouncer
   fi
 }
@@ -154,10 +166,10 @@ up_tansu() {
   cargo_install tansu "$TANSU_VERSION" --features dynostore,libsql
   if ! listening "$TANSU_PORT"; then
     log "starting tansu on :$TANSU_PORT"
-    (cd "$STATE" && nohup "$CARGO_BIN/tansu" broker \
+    (cd "$STATE" && detached "$STATE/tansu.log" setsid -f "$CARGO_BIN/tansu" broker \
       --listener-url "tcp://127.0.0.1:$TANSU_PORT" \
       --advertised-listener-url "tcp://127.0.0.1:$TANSU_PORT" \
-      --storage-engine memory://tansu/ </dev/null >"$STATE/tansu.log" 2>&1 &)
+      --storage-engine memory://tansu/)
     wait_port "$TANSU_PORT" tansu
   fi
 }
@@ -203,8 +215,8 @@ CONF
   if ! listening 3900; then
     log "starting Garage on :3900"
     (cd "$dir" && GARAGE_DEFAULT_ACCESS_KEY="$S3_ACCESS_KEY" GARAGE_DEFAULT_SECRET_KEY="$S3_SECRET_KEY" \
-      GARAGE_DEFAULT_BUCKET=trackunit-images nohup "$CARGO_BIN/garage" -c "$dir/garage.toml" \
-      server --single-node --default-bucket </dev/null >"$STATE/garage.log" 2>&1 &)
+      GARAGE_DEFAULT_BUCKET=trackunit-images detached "$STATE/garage.log" setsid -f "$CARGO_BIN/garage" \
+      -c "$dir/garage.toml" server --single-node --default-bucket)
     wait_port 3900 Garage
     for _ in $(seq 50); do garage_cmd bucket info trackunit-images >/dev/null 2>&1 && break; sleep 0.2; done
   fi

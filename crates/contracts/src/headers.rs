@@ -14,6 +14,9 @@ pub const PRODUCER: &str = "x-producer";
 pub const TRACEPARENT: &str = "traceparent";
 /// W3C trace state (optional companion of `traceparent`).
 pub const TRACESTATE: &str = "tracestate";
+/// Kafka key the bridge uses when it forwards an AMQP message to Kafka (the objectKey, so all
+/// messages about one image stay in one partition, in order).
+pub const PARTITION_KEY: &str = "x-partition-key";
 /// Why a message was dead-lettered (set on the copy in `<queue>.dlq`).
 pub const DEAD_LETTER_REASON: &str = "x-dead-letter-reason";
 /// Queue a dead-lettered message came from.

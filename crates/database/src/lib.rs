@@ -83,6 +83,22 @@ pub async fn migrate(db: &Db, service: &Migrator, locking: bool) -> Result<(), D
     Ok(())
 }
 
+/// A service's migrations at start: over `migrate_url` (a direct connection) when set — needed
+/// when `db` goes through PgBouncer — else over `db`.
+pub async fn migrate_at_start(
+    db: &Db,
+    migrate_url: &str,
+    service: &Migrator,
+) -> Result<(), DbError> {
+    if migrate_url.trim().is_empty() {
+        return migrate(db, service, true).await;
+    }
+    let direct = connect(migrate_url, 1).await?;
+    let result = migrate(&direct, service, true).await;
+    direct.close().await;
+    result
+}
+
 /// `SELECT 1` (readiness).
 pub async fn ping(db: &Db) -> Result<(), DbError> {
     let mut tx = db.begin().await?;

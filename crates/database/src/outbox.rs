@@ -24,11 +24,14 @@ use crate::{Db, DbError, now_ms};
 pub enum Destination {
     /// Kafka topic; the key picks the partition.
     Log { topic: String },
-    /// RabbitMQ exchange with a routing key.
+    /// RabbitMQ exchange with a routing key; a message no queue receives is an error (retried).
     Broker {
         exchange: String,
         routing_key: String,
     },
+    /// A notification on a fanout exchange: when no queue is bound (nobody is listening, e.g. no
+    /// gateway replica runs), it is dropped and counted instead of blocking the ones after it.
+    Notify { exchange: String },
 }
 
 /// A message to publish once the transaction commits.
@@ -58,6 +61,7 @@ pub async fn enqueue(conn: &mut AnyConnection, out: &Outgoing) -> Result<String,
             exchange,
             routing_key,
         } => ("broker", exchange.clone(), routing_key.clone()),
+        Destination::Notify { exchange } => ("notify", exchange.clone(), String::new()),
     };
     let headers_json = serde_json::to_string(&message.headers).unwrap_or_else(|_| "{}".into());
     let payload = String::from_utf8_lossy(&message.payload).into_owned();
@@ -386,6 +390,24 @@ impl Relay {
                         detail: "no message broker configured for broker destinations".into(),
                     })?;
                 broker.publish(&row.target, &row.route_key, &message).await
+            }
+            "notify" => {
+                let broker = self
+                    .broker
+                    .as_ref()
+                    .ok_or_else(|| messaging::Error::Invalid {
+                        backend: "outbox",
+                        detail: "no message broker configured for notifications".into(),
+                    })?;
+                match broker.publish(&row.target, "", &message).await {
+                    Err(messaging::Error::Unroutable { .. }) => {
+                        metrics::counter!("outbox_unrouted_total", "service" => self.name.clone(), "exchange" => row.target.clone())
+                            .increment(1);
+                        tracing::debug!(relay = %self.name, exchange = %row.target, "no queue bound; notification dropped");
+                        Ok(())
+                    }
+                    other => other,
+                }
             }
             other => Err(messaging::Error::Invalid {
                 backend: "outbox",

@@ -285,6 +285,63 @@ async fn two_relays_publish_each_message_once(db: Db) {
     nothing_more(&mut consumer).await;
 }
 
+/// A notification to a fanout nobody listens on is dropped, and does not hold back the next one
+/// once a listener exists; a command to an unbound route stays pending.
+async fn unheard_notifications_are_dropped_commands_are_not(db: Db) {
+    let inner = InProcessBroker::memory();
+    inner
+        .declare(
+            &Topology::new()
+                .exchange("news", ExchangeKind::Fanout)
+                .exchange("ex", ExchangeKind::Direct),
+        )
+        .await
+        .expect("declare");
+    let broker: Arc<dyn MessageBroker> = Arc::new(inner.clone());
+    let relay = Relay::new("test", db.clone(), None, Some(broker), options());
+    let notify = |n: usize| Outgoing {
+        destination: Destination::Notify {
+            exchange: "news".into(),
+        },
+        key: String::new(),
+        message: Message::new(format!(r#"{{"n":{n}}}"#)),
+    };
+    let mut tx = db.begin().await.expect("begin");
+    enqueue(&mut tx, &notify(1)).await.expect("enqueue");
+    enqueue(&mut tx, &out("unbound", 0)).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    assert_eq!(
+        relay.publish_pending().await.expect("round"),
+        1,
+        "only the notification"
+    );
+    assert_eq!(
+        relay.stats().await.expect("stats").pending,
+        1,
+        "the command to a route without a queue waits for one"
+    );
+
+    inner
+        .declare(
+            &Topology::new()
+                .queue(QueueSpec::durable("listener"))
+                .bind("news", "listener", ""),
+        )
+        .await
+        .expect("declare listener");
+    let mut consumer = inner.consume("listener", 10).await.expect("consume");
+    let mut tx = db.begin().await.expect("begin");
+    enqueue(&mut tx, &notify(2)).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    relay.publish_pending().await.expect("round");
+    let got = drain(&mut consumer, 1).await;
+    assert_eq!(
+        got[0]["n"], 2,
+        "the dropped one is not replayed, the heard one arrives"
+    );
+    nothing_more(&mut consumer).await;
+}
+
 macro_rules! suite {
     ($backend:ident) => {
         mod $backend {
@@ -302,6 +359,11 @@ macro_rules! suite {
             async fn keeps_order_per_key_through_failures() {
                 let (db, _g) = super::$backend().await;
                 super::keeps_order_per_key_through_failures(db).await;
+            }
+            #[tokio::test]
+            async fn unheard_notifications_are_dropped_commands_are_not() {
+                let (db, _g) = super::$backend().await;
+                super::unheard_notifications_are_dropped_commands_are_not(db).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn two_relays_publish_each_message_once() {

@@ -76,6 +76,11 @@ impl RetryPolicy {
 pub struct RunOptions {
     /// Deliveries (or, for the log, partitions) processed at once.
     pub concurrency: usize,
+    /// Log only: records of one partition handled at once. 1 (the default) keeps the
+    /// partition's order; more lets slow records (a long recognition) not hold up the ones
+    /// behind them, at the price of order. Commits stay contiguous either way: an offset is
+    /// committed only when it and every record before it are done.
+    pub per_partition: usize,
     pub retry: RetryPolicy,
     /// Label for logs and metrics.
     pub name: String,
@@ -85,6 +90,7 @@ impl RunOptions {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             concurrency: 1,
+            per_partition: 1,
             retry: RetryPolicy::default(),
             name: name.into(),
         }
@@ -92,6 +98,11 @@ impl RunOptions {
 
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
+        self
+    }
+
+    pub fn per_partition(mut self, n: usize) -> Self {
+        self.per_partition = n.max(1);
         self
     }
 }
@@ -284,58 +295,135 @@ async fn run_lane<F, Fut>(
     F: Fn(LogRecord) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
-    let mut dlq_ready = false;
-    while let Some(record) = rx.recv().await {
-        if shutdown.is_cancelled() {
-            // Not handled, not committed: delivered again after the restart.
-            break;
-        }
-        let Ok(_permit) = permits.acquire().await else {
-            break;
-        };
-        let by_record = |m: Message| {
-            let mut r = record.clone();
-            r.message = m;
-            handler(r)
-        };
-        let verdict = attempt(
-            &options.name,
-            &record.message,
-            &options.retry,
-            &shutdown,
-            &by_record,
-        )
-        .await;
-        match verdict {
-            Verdict::Done => {}
-            Verdict::GiveBack => break,
-            Verdict::DeadLetter(reason) => {
-                let dlq = format!("{}.dlq", record.topic);
-                if !dlq_ready {
-                    if let Err(e) = log.create_topics(&[TopicSpec::new(dlq.clone(), 1)]).await {
-                        tracing::error!(error = %e, topic = %dlq, "cannot create dead-letter topic; not committing");
-                        break;
+    let dlq_ready = Arc::new(tokio::sync::OnceCell::new());
+    // Offsets taken but not finished; everything below the smallest is done.
+    let mut open: std::collections::BTreeSet<i64> = Default::default();
+    let mut highest_done: Option<i64> = None;
+    let mut committed: Option<i64> = None;
+    let mut running = JoinSet::new();
+    let mut stopped = false;
+    let mut topic_partition = None;
+    let mut first_taken: Option<i64> = None;
+    loop {
+        let room = running.len() < options.per_partition;
+        tokio::select! {
+            biased;
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                match done {
+                    Ok((offset, true)) => {
+                        open.remove(&offset);
+                        highest_done = highest_done.max(Some(offset));
                     }
-                    dlq_ready = true;
+                    // Given back or failed to dead-letter: never commit past it.
+                    Ok((_, false)) => stopped = true,
+                    Err(_) => stopped = true,
                 }
-                let mut copy = record.message.clone();
-                copy.headers
-                    .insert(headers::DEAD_LETTER_REASON, reason.as_str());
-                copy.headers
-                    .insert(headers::DEAD_LETTER_QUEUE, record.topic.as_str());
-                let key = record.key.clone().unwrap_or_default();
-                if let Err(e) = log.produce(&dlq, &key, &copy).await {
-                    tracing::error!(error = %e, topic = %dlq, "dead-letter produce failed; not committing");
-                    break;
+            }
+            record = rx.recv(), if room && !stopped => {
+                let Some(record) = record else { stopped = true; continue };
+                if shutdown.is_cancelled() {
+                    // Not handled, not committed: delivered again after the restart.
+                    stopped = true;
+                    continue;
                 }
-                metrics::counter!("messaging_dead_lettered_total", "queue" => dlq).increment(1);
+                topic_partition.get_or_insert_with(|| (record.topic.clone(), record.partition));
+                first_taken.get_or_insert(record.offset);
+                open.insert(record.offset);
+                let (log, opts, shutdown, permits, handler, dlq_ready) = (
+                    log.clone(),
+                    options.clone(),
+                    shutdown.clone(),
+                    permits.clone(),
+                    handler.clone(),
+                    dlq_ready.clone(),
+                );
+                running.spawn(async move {
+                    let offset = record.offset;
+                    let Ok(_permit) = permits.acquire().await else {
+                        return (offset, false);
+                    };
+                    let ok = process(record, &log, &opts, &shutdown, handler.as_ref(), &dlq_ready).await;
+                    (offset, ok)
+                });
+            }
+            else => break,
+        }
+        // Everything taken below the oldest open record is done; with none open, all is.
+        let target = match open.first() {
+            Some(first) => Some(first - 1),
+            None => highest_done,
+        };
+        if let (Some(target), Some(first), Some((topic, partition))) =
+            (target, first_taken, &topic_partition)
+            && target >= first
+            && committed.is_none_or(|c| target > c)
+        {
+            match consumer.commit(topic, *partition, target).await {
+                Ok(()) => committed = Some(target),
+                Err(e) => {
+                    tracing::warn!(consumer = %options.name, error = %e, "commit failed; the record may come again")
+                }
             }
         }
-        if let Err(e) = consumer
-            .commit(&record.topic, record.partition, record.offset)
-            .await
-        {
-            tracing::warn!(consumer = %options.name, error = %e, "commit failed; the record may come again");
+        if stopped && running.is_empty() {
+            break;
+        }
+    }
+}
+
+/// Handle one record with retries; dead-letter it when it can never succeed. True when the
+/// record is finished (handled or dead-lettered) and may be committed.
+async fn process<F, Fut>(
+    record: LogRecord,
+    log: &Arc<dyn EventLog>,
+    options: &RunOptions,
+    shutdown: &CancellationToken,
+    handler: &F,
+    dlq_ready: &tokio::sync::OnceCell<()>,
+) -> bool
+where
+    F: Fn(LogRecord) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    let by_record = |m: Message| {
+        let mut r = record.clone();
+        r.message = m;
+        handler(r)
+    };
+    let verdict = attempt(
+        &options.name,
+        &record.message,
+        &options.retry,
+        shutdown,
+        &by_record,
+    )
+    .await;
+    match verdict {
+        Verdict::Done => true,
+        Verdict::GiveBack => false,
+        Verdict::DeadLetter(reason) => {
+            let dlq = format!("{}.dlq", record.topic);
+            let created = dlq_ready
+                .get_or_try_init(|| async {
+                    log.create_topics(&[TopicSpec::new(dlq.clone(), 1)]).await
+                })
+                .await;
+            if let Err(e) = created {
+                tracing::error!(error = %e, topic = %dlq, "cannot create dead-letter topic; not committing");
+                return false;
+            }
+            let mut copy = record.message.clone();
+            copy.headers
+                .insert(headers::DEAD_LETTER_REASON, reason.as_str());
+            copy.headers
+                .insert(headers::DEAD_LETTER_QUEUE, record.topic.as_str());
+            let key = record.key.clone().unwrap_or_default();
+            if let Err(e) = log.produce(&dlq, &key, &copy).await {
+                tracing::error!(error = %e, topic = %dlq, "dead-letter produce failed; not committing");
+                return false;
+            }
+            metrics::counter!("messaging_dead_lettered_total", "queue" => dlq).increment(1);
+            true
         }
     }
 }

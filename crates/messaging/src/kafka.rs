@@ -319,6 +319,7 @@ impl LogConsumer for KafkaConsumer {
                         partition: m.partition(),
                         offset: m.offset(),
                         key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        timestamp_ms: m.timestamp().to_millis(),
                         message: Message {
                             headers,
                             payload: m

@@ -38,6 +38,8 @@ pub struct LogRecord {
     pub offset: i64,
     pub key: Option<String>,
     pub message: Message,
+    /// When the broker (or producer) stamped it, unix ms; how far behind a consumer is.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl LogRecord {

@@ -116,6 +116,15 @@ impl Message {
         message
     }
 
+    /// The id consumers dedupe by: `x-message-id`, or for a message without one (the original
+    /// .NET producers sent none) a UUID derived from the payload, the same on every redelivery.
+    pub fn dedupe_id(&self) -> String {
+        match self.headers.message_id() {
+            Some(id) if !id.trim().is_empty() => id.to_owned(),
+            _ => Uuid::new_v5(&Uuid::NAMESPACE_OID, &self.payload).to_string(),
+        }
+    }
+
     /// Decode the payload as `T`, checking `x-schema` when present.
     pub fn decode<T: Contract>(&self) -> Result<T, DecodeFailure> {
         if let Some(schema) = self.headers.schema()
@@ -169,6 +178,15 @@ mod tests {
             "image.uploaded.v1"
         ));
         assert!(!compatible_schema("image.uploaded.v2", "image.uploaded.v1"));
+    }
+
+    #[test]
+    fn dedupe_id_is_the_message_id_or_stable_per_payload() {
+        let with_id = Message::new("{}").with_header(headers::MESSAGE_ID, "m-1");
+        assert_eq!(with_id.dedupe_id(), "m-1");
+        let a = Message::new(r#"{"a":1}"#);
+        assert_eq!(a.dedupe_id(), Message::new(r#"{"a":1}"#).dedupe_id());
+        assert_ne!(a.dedupe_id(), Message::new(r#"{"a":2}"#).dedupe_id());
     }
 
     #[test]

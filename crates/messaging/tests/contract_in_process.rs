@@ -27,6 +27,7 @@ case!(log_headers_round_trip, log);
 case!(log_orders_per_key, log);
 case!(log_group_shares_partitions_and_rebalances, log);
 case!(log_redelivers_what_was_not_committed, log);
+case!(log_runner_commits_contiguously, log);
 case!(broker_fanout_copies_to_every_queue, broker);
 case!(broker_direct_routes_by_key, broker);
 case!(broker_headers_round_trip, broker);

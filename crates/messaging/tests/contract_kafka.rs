@@ -19,6 +19,7 @@ case!(log_headers_round_trip);
 case!(log_orders_per_key);
 case!(log_group_shares_partitions_and_rebalances);
 case!(log_redelivers_what_was_not_committed);
+case!(log_runner_commits_contiguously);
 
 /// kill -9 of this test's own tansu (persistent storage) in the middle of the traffic.
 #[tokio::test]

@@ -1,7 +1,12 @@
-//! Recognition: consume requests, fetch the image via media access, run the engine, publish the result.
-//!
-//! Foundation stage: serves the ops routes and creates the topics; the pipeline is built in the
-//! analysis-path issue, the engines in the recognition issue.
+//! Recognition: consume `tu.recognition.requested` (group `svc-ai-vision-adapter`; with
+//! `CONSUME_IMAGE_UPLOADED=true`, `tu.image.uploaded` directly, as the original deployment did),
+//! fetch the image through media access, check it, run the engine, publish
+//! `tu.recognition.completed` or `tu.recognition.failed` (reason codes: `download_failed`,
+//! `checksum_mismatch`, `not_an_image`, `too_large`, `engine_error`), and commit the offset only
+//! after that publish was acknowledged. The steps: [`pipeline`]; the engine slot: [`engine`].
+
+pub mod engine;
+pub mod pipeline;
 
 use anyhow::Context;
 use contracts::names::Topics;
@@ -11,6 +16,15 @@ use messaging::memory::InProcessBroker;
 use runtime::{Health, Shutdown};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use std::time::Duration;
+
+use contracts::names::groups;
+use engine::RecognitionEngine;
+use messaging::consume::{RunOptions, run_log};
+use messaging::log::SubscribeOptions;
+use pipeline::{Limits, MediaAccess, Pipeline};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 pub const SERVICE: &str = contracts::names::services::VISION_ADAPTER;
 
@@ -22,6 +36,24 @@ pub struct Settings {
     pub http_addr: String,
     /// Partitions of topics this service creates.
     pub topic_partitions: i32,
+    /// Base URL of tu-media-access-service.
+    pub media_access_url: String,
+    /// The internal token media access expects (env `INTERNAL_AUTH_API_KEY`).
+    pub internal_auth_api_key: String,
+    /// Compatibility switch: read `tu.image.uploaded` instead of `tu.recognition.requested`.
+    pub consume_image_uploaded: bool,
+    /// Kafka consumer group (replicas share it and split the partitions).
+    pub consumer_group: String,
+    /// Which engine recognises machines (`none` until one is configured).
+    pub recognition_engine: String,
+    /// Engine runs at once (CPU-bound; default: the number of cores).
+    pub engine_concurrency: usize,
+    /// Requests handled at once (also within one partition: a slow recognition does not hold
+    /// up the ones behind it; offsets are still committed in order).
+    pub max_in_flight: usize,
+    pub max_download_bytes: u64,
+    pub max_pixels: u64,
+    pub download_timeout_secs: u64,
 }
 
 impl Default for Settings {
@@ -29,6 +61,16 @@ impl Default for Settings {
         Self {
             http_addr: "127.0.0.1:8085".into(),
             topic_partitions: 4,
+            media_access_url: "http://127.0.0.1:8082".into(),
+            internal_auth_api_key: String::new(),
+            consume_image_uploaded: false,
+            recognition_engine: "none".into(),
+            consumer_group: groups::VISION_ADAPTER.into(),
+            engine_concurrency: 0,
+            max_in_flight: 16,
+            max_download_bytes: 10 * 1024 * 1024,
+            max_pixels: 40_000_000,
+            download_timeout_secs: 30,
         }
     }
 }
@@ -62,25 +104,31 @@ impl Config {
 /// What the service talks to, connected from config (or shared, in the one-process mode).
 pub struct Deps {
     pub log: Arc<dyn EventLog>,
+    pub engine: Arc<dyn RecognitionEngine>,
 }
 
 impl Deps {
     /// Real brokers where configured; `in_process` otherwise.
     pub fn connect(config: &Config, in_process: &InProcessBroker) -> anyhow::Result<Self> {
-        let _ = (config, in_process);
         Ok(Self {
             log: config.messaging.event_log(SERVICE, in_process)?,
+            engine: engine::by_name(&config.settings.recognition_engine)?,
         })
     }
 }
 
 /// Run until `shutdown`, then drain within the grace period.
 pub async fn run(config: Config, deps: Deps, shutdown: Shutdown) -> anyhow::Result<()> {
+    let s = &config.settings;
+    anyhow::ensure!(
+        !s.internal_auth_api_key.trim().is_empty(),
+        "INTERNAL_AUTH_API_KEY must be set: media access requires it"
+    );
     let health = Health::new();
     deps.log
         .create_topics(&messaging::topology::kafka_topics(
             &config.topics,
-            config.settings.topic_partitions,
+            s.topic_partitions,
         ))
         .await
         .context("creating the Kafka topics")?;
@@ -89,12 +137,110 @@ pub async fn run(config: Config, deps: Deps, shutdown: Shutdown) -> anyhow::Resu
         let log = log.clone();
         async move { log.check().await.map_err(|e| e.to_string()) }
     });
-    let _ = &deps;
-    let listener = runtime::http::bind(&config.settings.http_addr).await?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("HTTP client")?;
+    let media = MediaAccess {
+        http: http.clone(),
+        base_url: s.media_access_url.clone(),
+        token: s.internal_auth_api_key.clone(),
+    };
+    {
+        let (http, base) = (
+            http.clone(),
+            s.media_access_url.trim_end_matches('/').to_owned(),
+        );
+        health.check_optional("media_access", move || {
+            let (http, url) = (http.clone(), format!("{base}/health/live"));
+            async move {
+                match http.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(format!("answered {}", r.status())),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        });
+    }
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let engine_slots = if s.engine_concurrency == 0 {
+        cores
+    } else {
+        s.engine_concurrency
+    };
+    let pipeline = Pipeline {
+        media,
+        engine: deps.engine.clone(),
+        engine_slots: Arc::new(Semaphore::new(engine_slots)),
+        limits: Limits {
+            max_download_bytes: s.max_download_bytes,
+            max_pixels: s.max_pixels,
+            download_timeout: Duration::from_secs(s.download_timeout_secs.max(1)),
+            ..Limits::default()
+        },
+        log: deps.log.clone(),
+        topics: config.topics.clone(),
+        http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .context("HTTP client")?,
+    };
+    let source = if s.consume_image_uploaded {
+        config.topics.topic_image_uploaded.clone()
+    } else {
+        config.topics.topic_recognition_requested.clone()
+    };
+    let work = CancellationToken::new();
+    let consumer_task = {
+        let (log, work, source) = (deps.log.clone(), work.clone(), source.clone());
+        let group = s.consumer_group.clone();
+        let options = RunOptions::new("vision adapter")
+            .concurrency(s.max_in_flight.max(1))
+            .per_partition(s.max_in_flight.max(1));
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(200);
+            while !work.is_cancelled() {
+                let consumer = match log
+                    .subscribe(&group, &[source.as_str()], SubscribeOptions::default())
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(error = %e, "subscribing; retrying");
+                        tokio::select! { _ = tokio::time::sleep(wait) => {}, _ = work.cancelled() => break }
+                        wait = (wait * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                };
+                let pipeline = pipeline.clone();
+                let result = run_log(
+                    log.clone(),
+                    consumer,
+                    options.clone(),
+                    work.clone(),
+                    move |record| {
+                        let pipeline = pipeline.clone();
+                        async move { pipeline.handle(record).await }
+                    },
+                )
+                .await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "consumer failed; resubscribing");
+                }
+            }
+        })
+    };
+    tracing::info!(service = SERVICE, topic = %source, engine = %deps.engine.provider().name, "consuming");
+
+    let listener = runtime::http::bind(&s.http_addr).await?;
     tracing::info!(service = SERVICE, addr = %listener.local_addr()?, "listening");
     let router = runtime::http::service_router(SERVICE, axum::Router::new(), health.clone());
     let token = shutdown.token();
     runtime::http::serve_service(listener, router, health.clone(), token.clone()).await?;
+    work.cancel();
+    runtime::shutdown::drain(consumer_task, runtime::shutdown::GRACE).await;
     tracing::info!(service = SERVICE, "stopped");
     Ok(())
 }

@@ -9,7 +9,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = runtime::Shutdown::on_signals();
     // Only used when no real broker is configured (a standalone try-out).
     let in_process = messaging::memory::InProcessBroker::memory();
-    let deps = Deps::connect(&config, &in_process)?;
+    let deps = Deps::connect(&config, &in_process).await?;
     let result = run(config, deps, shutdown).await;
     runtime::telemetry::shutdown();
     result

@@ -1,7 +1,11 @@
-//! Kafka ↔ RabbitMQ, both directions, at-least-once.
-//!
-//! Foundation stage: serves the ops routes, declares the topology and creates the topics; the
-//! forwarding routes are built in the analysis-path issue.
+//! Kafka ↔ RabbitMQ, both directions, at-least-once, configured by a list of routes
+//! ([`routes`]; defaults: Kafka `tu.image.uploaded`, `tu.recognition.completed`,
+//! `tu.recognition.failed` → the RabbitMQ fanouts of the same names; queue
+//! `bridge.recognition-requests` → Kafka `tu.recognition.requested`). How each direction keeps
+//! order and never acks ahead of the other side: [`forward`].
+
+pub mod forward;
+pub mod routes;
 
 use anyhow::Context;
 use contracts::names::Topics;
@@ -11,6 +15,11 @@ use messaging::{EventLog, MessageBroker};
 use runtime::{Health, Shutdown};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use std::time::Duration;
+
+use routes::Route;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 pub const SERVICE: &str = contracts::names::services::MESSAGING_BRIDGE;
 
@@ -22,6 +31,14 @@ pub struct Settings {
     pub http_addr: String,
     /// Partitions of topics this service creates.
     pub topic_partitions: i32,
+    /// Route list (see [`routes`]); empty → the platform's four routes.
+    pub bridge_routes: String,
+    /// Kafka partitions forwarded at once, and RabbitMQ deliveries unacked at once per queue.
+    pub max_in_flight: u16,
+    /// Kafka consumer group (replicas share it and split the partitions).
+    pub consumer_group: String,
+    /// RabbitMQ → Kafka lanes per queue (one key always uses the same lane, keeping its order).
+    pub lanes: usize,
 }
 
 impl Default for Settings {
@@ -29,6 +46,10 @@ impl Default for Settings {
         Self {
             http_addr: "127.0.0.1:8083".into(),
             topic_partitions: 4,
+            bridge_routes: String::new(),
+            max_in_flight: 64,
+            consumer_group: contracts::names::groups::MESSAGING_BRIDGE.into(),
+            lanes: 8,
         }
     }
 }
@@ -68,7 +89,6 @@ pub struct Deps {
 impl Deps {
     /// Real brokers where configured; `in_process` otherwise.
     pub fn connect(config: &Config, in_process: &InProcessBroker) -> anyhow::Result<Self> {
-        let _ = (config, in_process);
         Ok(Self {
             log: config.messaging.event_log(SERVICE, in_process)?,
             broker: config.messaging.message_broker(SERVICE, in_process)?,
@@ -78,6 +98,8 @@ impl Deps {
 
 /// Run until `shutdown`, then drain within the grace period.
 pub async fn run(config: Config, deps: Deps, shutdown: Shutdown) -> anyhow::Result<()> {
+    let s = &config.settings;
+    let routes = routes::parse(&s.bridge_routes, &config.topics)?;
     let health = Health::new();
     deps.broker
         .declare(&messaging::topology::platform())
@@ -88,11 +110,20 @@ pub async fn run(config: Config, deps: Deps, shutdown: Shutdown) -> anyhow::Resu
         let broker = broker.clone();
         async move { broker.check().await.map_err(|e| e.to_string()) }
     });
+    let mut topics = messaging::topology::kafka_topics(&config.topics, s.topic_partitions);
+    for route in &routes {
+        let topic = match route {
+            Route::ToRabbit { topic, .. } | Route::ToKafka { topic, .. } => topic,
+        };
+        if !topics.iter().any(|t| &t.name == topic) {
+            topics.push(messaging::log::TopicSpec::new(
+                topic.clone(),
+                s.topic_partitions,
+            ));
+        }
+    }
     deps.log
-        .create_topics(&messaging::topology::kafka_topics(
-            &config.topics,
-            config.settings.topic_partitions,
-        ))
+        .create_topics(&topics)
         .await
         .context("creating the Kafka topics")?;
     let log = deps.log.clone();
@@ -100,12 +131,84 @@ pub async fn run(config: Config, deps: Deps, shutdown: Shutdown) -> anyhow::Resu
         let log = log.clone();
         async move { log.check().await.map_err(|e| e.to_string()) }
     });
-    let _ = &deps;
-    let listener = runtime::http::bind(&config.settings.http_addr).await?;
+
+    // Forwarders stop on `work`, after the HTTP server: in-flight messages finish first.
+    let work = CancellationToken::new();
+    let mut forwarders = JoinSet::new();
+    {
+        let (log, broker, routes, work) = (
+            deps.log.clone(),
+            deps.broker.clone(),
+            routes.clone(),
+            work.clone(),
+        );
+        let in_flight = s.max_in_flight.max(1) as usize;
+        let group = s.consumer_group.clone();
+        forwarders.spawn(supervise("kafka->rabbit", work.clone(), move || {
+            forward::kafka_to_rabbit(
+                group.clone(),
+                log.clone(),
+                broker.clone(),
+                routes.clone(),
+                in_flight,
+                work.clone(),
+            )
+        }));
+    }
+    for route in &routes {
+        if let Route::ToKafka { queue, topic } = route {
+            let (log, broker, work) = (deps.log.clone(), deps.broker.clone(), work.clone());
+            let (queue, topic) = (queue.clone(), topic.clone());
+            let (in_flight, lanes) = (s.max_in_flight, s.lanes);
+            forwarders.spawn(supervise("rabbit->kafka", work.clone(), move || {
+                forward::rabbit_to_kafka(
+                    broker.clone(),
+                    log.clone(),
+                    queue.clone(),
+                    topic.clone(),
+                    in_flight,
+                    lanes,
+                    work.clone(),
+                )
+            }));
+        }
+    }
+    tracing::info!(service = SERVICE, routes = ?routes.iter().map(Route::label).collect::<Vec<_>>(), "forwarding");
+
+    let listener = runtime::http::bind(&s.http_addr).await?;
     tracing::info!(service = SERVICE, addr = %listener.local_addr()?, "listening");
     let router = runtime::http::service_router(SERVICE, axum::Router::new(), health.clone());
     let token = shutdown.token();
     runtime::http::serve_service(listener, router, health.clone(), token.clone()).await?;
+    work.cancel();
+    runtime::shutdown::drain(
+        async { while forwarders.join_next().await.is_some() {} },
+        runtime::shutdown::GRACE,
+    )
+    .await;
     tracing::info!(service = SERVICE, "stopped");
     Ok(())
+}
+
+/// Run a forwarder again (after a backoff) whenever it fails, until `stop`.
+async fn supervise<F, Fut>(name: &'static str, stop: CancellationToken, start: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = messaging::Result<()>>,
+{
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match start().await {
+            Ok(()) if stop.is_cancelled() => return,
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(forwarder = name, error = %e, ?wait, "forwarder failed; restarting")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+        wait = (wait * 2).min(Duration::from_secs(10));
+    }
 }

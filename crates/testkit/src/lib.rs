@@ -295,3 +295,63 @@ pub fn sha256_checksum(bytes: &[u8]) -> String {
     use sha2::Digest;
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
 }
+
+/// A RabbitMQ virtual host of its own, for tests of services whose queue names are fixed (the
+/// platform topology): parallel tests never share a queue. Deleted on drop.
+pub struct RabbitVhost {
+    pub name: String,
+    node: String,
+}
+
+impl RabbitVhost {
+    /// On the shared node (`TU_TEST_AMQP_URL`'s host and port; `rabbitmqctl` on this machine).
+    pub fn create() -> Self {
+        let base = env_or(
+            "TU_TEST_AMQP_URL",
+            "amqp://guest:guest@127.0.0.1:5672/tu-test",
+        );
+        let hostport = base
+            .trim_start_matches("amqp://")
+            .rsplit_once('@')
+            .map_or("127.0.0.1:5672", |(_, rest)| {
+                rest.split('/').next().unwrap_or(rest)
+            })
+            .to_owned();
+        require("RabbitMQ", &hostport);
+        let name = unique("vhost");
+        let node = env_or("TU_TEST_RABBIT_NODE", "rabbit@localhost");
+        let ctl = |args: &[&str]| {
+            let out = Command::new("rabbitmqctl")
+                .args(["-q", "-n", &node])
+                .args(args)
+                .output()
+                .expect("rabbitmqctl (installed by scripts/test-infra.sh)");
+            assert!(
+                out.status.success(),
+                "rabbitmqctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ctl(&["add_vhost", &name]);
+        ctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        Self { name, node }
+    }
+
+    /// `amqp://guest:guest@host:port/<vhost>`.
+    pub fn url(&self) -> String {
+        let base = env_or(
+            "TU_TEST_AMQP_URL",
+            "amqp://guest:guest@127.0.0.1:5672/tu-test",
+        );
+        let root = base.rsplit_once('/').map_or(base.as_str(), |(r, _)| r);
+        format!("{root}/{}", self.name)
+    }
+}
+
+impl Drop for RabbitVhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "-n", &self.node, "delete_vhost", &self.name])
+            .output();
+    }
+}

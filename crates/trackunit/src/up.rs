@@ -305,15 +305,35 @@ async fn start(
             )
         }
         Service::SvcAnalysisOrchestrator => {
-            let c = svc_analysis_orchestrator::Config::from_env(p)?;
-            let d = svc_analysis_orchestrator::Deps::connect(&c, broker)?;
+            let base = svc_analysis_orchestrator::Config {
+                settings: svc_analysis_orchestrator::Settings {
+                    database_url: embedded.sqlite_url("svc-analysis-orchestrator.db"),
+                    internal_auth_api_key: embedded.internal_token.clone(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let c = svc_analysis_orchestrator::Config::from_env_over(p, &base)?;
+            let d = svc_analysis_orchestrator::Deps::connect(&c, broker).await?;
             (
                 c.settings.http_addr.clone(),
                 Box::pin(svc_analysis_orchestrator::run(c, d, shutdown)),
             )
         }
         Service::SvcAiVisionAdapter => {
-            let c = svc_ai_vision_adapter::Config::from_env(p)?;
+            // Media access where this process serves it (its address may be overridden).
+            let media = tu_media_access_service::Config::from_env(Some(
+                &Service::TuMediaAccessService.env_prefix(),
+            ))?;
+            let base = svc_ai_vision_adapter::Config {
+                settings: svc_ai_vision_adapter::Settings {
+                    media_access_url: format!("http://{}", media.settings.http_addr),
+                    internal_auth_api_key: embedded.internal_token.clone(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let c = svc_ai_vision_adapter::Config::from_env_over(p, &base)?;
             let d = svc_ai_vision_adapter::Deps::connect(&c, broker)?;
             (
                 c.settings.http_addr.clone(),

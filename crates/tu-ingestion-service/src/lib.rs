@@ -132,7 +132,9 @@ pub async fn run(config: Config, deps: Deps, shutdown: Shutdown) -> anyhow::Resu
         token.is_configured(),
         "INTERNAL_AUTH_API_KEY must be set: the gateway presents it on every call"
     );
-    migrate(&config, &deps.db).await?;
+    database::migrate_at_start(&deps.db, &s.database_migrate_url, &MIGRATIONS)
+        .await
+        .context("applying migrations")?;
     if config.s3.s3_create_bucket {
         deps.store
             .ensure_bucket()
@@ -210,19 +212,6 @@ pub async fn run(config: Config, deps: Deps, shutdown: Shutdown) -> anyhow::Resu
     janitor_task.abort();
     deps.db.close().await;
     tracing::info!(service = SERVICE, "stopped");
-    Ok(())
-}
-
-async fn migrate(config: &Config, db: &Db) -> anyhow::Result<()> {
-    let s = &config.settings;
-    if s.database_migrate_url.trim().is_empty() {
-        return Ok(database::migrate(db, &MIGRATIONS, true).await?);
-    }
-    let direct = database::connect(&s.database_migrate_url, 1)
-        .await
-        .context("connecting for migrations")?;
-    database::migrate(&direct, &MIGRATIONS, true).await?;
-    direct.close().await;
     Ok(())
 }
 

@@ -432,6 +432,7 @@ impl LogConsumer for MemLogConsumer {
                             offset: pos,
                             key: record.key.clone(),
                             message: record.message.clone(),
+                            timestamp_ms: Some(record.at_ms),
                         };
                         m.positions.insert(key, pos + 1);
                         m.cursor = idx + 1;

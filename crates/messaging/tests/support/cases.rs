@@ -331,6 +331,76 @@ pub async fn log_redelivers_what_was_not_committed(log: Arc<dyn EventLog>) {
     assert_eq!(rest, vec![5, 6, 7, 8, 9]);
 }
 
+/// With several records of a partition in flight (`per_partition`), one that keeps failing does
+/// not hold up the ones behind it, and the commit never passes it: stopped while record 0 is
+/// still failing, the group starts again at record 0.
+pub async fn log_runner_commits_contiguously(log: Arc<dyn EventLog>) {
+    let topic = unique("contiguous");
+    let group = unique("g");
+    log.create_topics(&[TopicSpec::new(&topic, 1)])
+        .await
+        .expect("create");
+    for n in 0..6 {
+        log.produce(&topic, "one-key", &msg("contiguous", n))
+            .await
+            .expect("produce");
+    }
+    let done = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stop = CancellationToken::new();
+    let consumer = log
+        .subscribe(&group, &[&topic], SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    let options = RunOptions {
+        retry: RetryPolicy {
+            max_attempts: 10_000,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(50),
+        },
+        ..RunOptions::new("contiguous").concurrency(4).per_partition(4)
+    };
+    let runner = {
+        let done = done.clone();
+        tokio::spawn(messaging::consume::run_log(
+            log.clone(),
+            consumer,
+            options,
+            stop.clone(),
+            move |r: LogRecord| {
+                let done = done.clone();
+                async move {
+                    let n = seq_of(&r.message);
+                    if n == 0 {
+                        return Err(HandlerError::transient("not yet"));
+                    }
+                    done.lock().expect("lock").push(n);
+                    Ok(())
+                }
+            },
+        ))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while done.lock().expect("lock").len() < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "records behind a failing one were held up: {:?}",
+            done.lock().expect("lock")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    runner.await.expect("join").expect("runner");
+    let c = log
+        .subscribe(&group, &[&topic], SubscribeOptions::default())
+        .await
+        .expect("resubscribe");
+    assert_eq!(
+        seq_of(&recv(c.as_ref()).await.message),
+        0,
+        "nothing committed past the unfinished record"
+    );
+}
+
 /// Produce 300 records while the broker restarts; every record is consumed at least once.
 pub async fn log_survives_restart<R, Fut>(log: Arc<dyn EventLog>, restart: R)
 where
