@@ -99,7 +99,9 @@ impl Default for RelayOptions {
     fn default() -> Self {
         Self {
             batch: 200,
-            lease: Duration::from_secs(60),
+            // Short: a crashed relay's rows wait this long for a restarted one. Publishing a batch
+            // takes milliseconds; an overrun only means a duplicate with the same message id.
+            lease: Duration::from_secs(15),
             idle_poll: Duration::from_secs(1),
             retention: Duration::from_secs(24 * 3600),
             max_backoff: Duration::from_secs(30),

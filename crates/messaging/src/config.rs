@@ -18,6 +18,11 @@ pub struct MessagingConfig {
     pub kafka_brokers: String,
     /// Extra librdkafka settings, `key=value;key=value` (e.g. SASL).
     pub kafka_options: String,
+    /// Static membership id of this process' Kafka consumers (`group.instance.id`, one per group):
+    /// empty → the host name (a pod's name), so a restarted container takes its partitions back
+    /// at once instead of waiting for the group to notice the dead member; `none` → dynamic
+    /// membership. Two replicas must never share one (the broker fences the older one).
+    pub kafka_group_instance_id: String,
     /// `amqp://user:pass@host:5672/vhost`; empty → in-process (or built from the RABBIT_* below).
     pub rabbit_url: String,
     /// The original's variables, still honoured: RABBIT_HOST, RABBIT_PORT, RABBIT_USER, RABBIT_PASS.
@@ -72,6 +77,27 @@ impl MessagingConfig {
                     })
             })
             .collect()
+    }
+
+    /// The `group.instance.id` for this process' consumers, if static membership is on.
+    pub fn group_instance_id(&self) -> Option<String> {
+        match self.kafka_group_instance_id.trim() {
+            "none" => None,
+            "" => std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty()),
+            id => Some(id.to_owned()),
+        }
+    }
+
+    /// Subscribe options for a service consumer: static membership as configured.
+    pub fn subscribe_options(&self) -> crate::log::SubscribeOptions {
+        crate::log::SubscribeOptions {
+            instance_id: self.group_instance_id(),
+            ..crate::log::SubscribeOptions::default()
+        }
     }
 
     /// The Kafka-style log: real Kafka if configured, else `in_process`.

@@ -215,9 +215,12 @@ impl EventLog for KafkaLog {
         topics: &[&str],
         options: SubscribeOptions,
     ) -> Result<Box<dyn LogConsumer>> {
-        let consumer: StreamConsumer<LoggingContext> = self
-            .options
-            .base()
+        let mut config = self.options.base();
+        if let Some(id) = options.instance_id.as_deref().filter(|id| !id.is_empty()) {
+            // Static membership (KIP-345): a restarted member takes its place back at once.
+            config.set("group.instance.id", id);
+        }
+        let consumer: StreamConsumer<LoggingContext> = config
             .set("group.id", group)
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")

@@ -66,6 +66,10 @@ pub struct SubscribeOptions {
     pub start_from: StartFrom,
     /// How long a dead member keeps its partitions before the group rebalances.
     pub session_timeout: Duration,
+    /// Static group membership: the same id after a restart takes the member's place back
+    /// without a rebalance (Kafka's `group.instance.id`). One id per member of a group; `None`
+    /// for dynamic membership. The in-process broker ignores it.
+    pub instance_id: Option<String>,
 }
 
 impl Default for SubscribeOptions {
@@ -73,6 +77,7 @@ impl Default for SubscribeOptions {
         Self {
             start_from: StartFrom::Earliest,
             session_timeout: Duration::from_secs(10),
+            instance_id: None,
         }
     }
 }

@@ -21,7 +21,6 @@ use std::time::Duration;
 use contracts::names::groups;
 use engine::RecognitionEngine;
 use messaging::consume::{RunOptions, run_log};
-use messaging::log::SubscribeOptions;
 use pipeline::{Limits, MediaAccess, Pipeline};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -196,6 +195,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: Shutdown) -> anyhow::Resu
     let consumer_task = {
         let (log, work, source) = (deps.log.clone(), work.clone(), source.clone());
         let group = s.consumer_group.clone();
+        let subscribe = config.messaging.subscribe_options();
         let options = RunOptions::new("vision adapter")
             .concurrency(s.max_in_flight.max(1))
             .per_partition(s.max_in_flight.max(1));
@@ -203,7 +203,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: Shutdown) -> anyhow::Resu
             let mut wait = Duration::from_millis(200);
             while !work.is_cancelled() {
                 let consumer = match log
-                    .subscribe(&group, &[source.as_str()], SubscribeOptions::default())
+                    .subscribe(&group, &[source.as_str()], subscribe.clone())
                     .await
                 {
                     Ok(c) => c,

@@ -38,6 +38,7 @@ fn retry_forever() -> RetryPolicy {
 /// Forward every `ToRabbit` route until `shutdown`.
 pub async fn kafka_to_rabbit(
     group: String,
+    subscribe: SubscribeOptions,
     log: Arc<dyn EventLog>,
     broker: Arc<dyn MessageBroker>,
     routes: Vec<Route>,
@@ -62,9 +63,7 @@ pub async fn kafka_to_rabbit(
         return Ok(());
     }
     let topics: Vec<&str> = targets.keys().map(String::as_str).collect();
-    let consumer = log
-        .subscribe(&group, &topics, SubscribeOptions::default())
-        .await?;
+    let consumer = log.subscribe(&group, &topics, subscribe).await?;
     let targets = Arc::new(targets);
     let options = RunOptions {
         retry: retry_forever(),

@@ -144,9 +144,11 @@ pub async fn run(config: Config, deps: Deps, shutdown: Shutdown) -> anyhow::Resu
         );
         let in_flight = s.max_in_flight.max(1) as usize;
         let group = s.consumer_group.clone();
+        let subscribe = config.messaging.subscribe_options();
         forwarders.spawn(supervise("kafka->rabbit", work.clone(), move || {
             forward::kafka_to_rabbit(
                 group.clone(),
+                subscribe.clone(),
                 log.clone(),
                 broker.clone(),
                 routes.clone(),

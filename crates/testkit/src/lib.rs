@@ -301,15 +301,34 @@ pub fn sha256_checksum(bytes: &[u8]) -> String {
 pub struct RabbitVhost {
     pub name: String,
     node: String,
+    url: String,
 }
 
 impl RabbitVhost {
     /// On the shared node (`TU_TEST_AMQP_URL`'s host and port; `rabbitmqctl` on this machine).
     pub fn create() -> Self {
-        let base = env_or(
-            "TU_TEST_AMQP_URL",
-            "amqp://guest:guest@127.0.0.1:5672/tu-test",
-        );
+        Self::create_on(
+            &env_or(
+                "TU_TEST_AMQP_URL",
+                "amqp://guest:guest@127.0.0.1:5672/tu-test",
+            ),
+            &env_or("TU_TEST_RABBIT_NODE", "rabbit@localhost"),
+        )
+    }
+
+    /// On the faults node, which [`restart_rabbit_faults_node`] stops and starts.
+    pub fn create_on_faults_node() -> Self {
+        Self::create_on(
+            &env_or(
+                "TU_TEST_AMQP_FAULTS_URL",
+                "amqp://guest:guest@127.0.0.1:5673/tu-test",
+            ),
+            &rabbit_faults_node(),
+        )
+    }
+
+    fn create_on(base: &str, node: &str) -> Self {
+        let node = node.to_owned();
         let hostport = base
             .trim_start_matches("amqp://")
             .rsplit_once('@')
@@ -319,7 +338,6 @@ impl RabbitVhost {
             .to_owned();
         require("RabbitMQ", &hostport);
         let name = unique("vhost");
-        let node = env_or("TU_TEST_RABBIT_NODE", "rabbit@localhost");
         let ctl = |args: &[&str]| {
             let out = Command::new("rabbitmqctl")
                 .args(["-q", "-n", &node])
@@ -334,18 +352,40 @@ impl RabbitVhost {
         };
         ctl(&["add_vhost", &name]);
         ctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
-        Self { name, node }
+        let root = base.rsplit_once('/').map_or(base, |(r, _)| r);
+        Self {
+            url: format!("{root}/{name}"),
+            name,
+            node,
+        }
     }
 
     /// `amqp://guest:guest@host:port/<vhost>`.
     pub fn url(&self) -> String {
-        let base = env_or(
-            "TU_TEST_AMQP_URL",
-            "amqp://guest:guest@127.0.0.1:5672/tu-test",
-        );
-        let root = base.rsplit_once('/').map_or(base.as_str(), |(r, _)| r);
-        format!("{root}/{}", self.name)
+        self.url.clone()
     }
+}
+
+/// Name of the RabbitMQ faults node (`TU_TEST_RABBIT_FAULTS_NODE`).
+pub fn rabbit_faults_node() -> String {
+    env_or("TU_TEST_RABBIT_FAULTS_NODE", "tufaults@localhost")
+}
+
+/// Stop and start the RabbitMQ faults node's application, like a broker restart.
+pub fn restart_rabbit_faults_node(down_for: Duration) {
+    let node = rabbit_faults_node();
+    let run = |args: &[&str]| {
+        let status = Command::new("rabbitmqctl")
+            .args(["-n", &node])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("rabbitmqctl");
+        assert!(status.success(), "rabbitmqctl {args:?} on {node}");
+    };
+    run(&["stop_app"]);
+    std::thread::sleep(down_for);
+    run(&["start_app"]);
 }
 
 impl Drop for RabbitVhost {

@@ -4,26 +4,19 @@
 //! RabbitMQ + tansu + Garage + PostgreSQL. Every case ends in exactly one started and exactly one
 //! completed-or-failed event with the right reason, whatever the brokers redeliver.
 
+#[path = "support/platform.rs"]
+mod platform;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chrono::Utc;
-use contracts::names::{Topics, exchanges};
-use contracts::{AiProvider, ImageUploaded, MachineAggregate, headers};
-use messaging::broker::{QueueSpec, Topology};
-use messaging::config::MessagingConfig;
-use messaging::memory::InProcessBroker;
-use messaging::{EventLog, Message, MessageBroker, QueueConsumer};
-use objectstore::{ObjectStore, S3Config};
-use runtime::Shutdown;
+use contracts::{AiProvider, MachineAggregate, headers};
+use platform::{Parts, Platform, TOKEN, in_process_parts, png, real_parts, upload};
 use svc_ai_vision_adapter::engine::{EngineError, Image, Recognition, RecognitionEngine};
-use tokio::task::JoinHandle;
-use uuid::Uuid;
 
-const TOKEN: &str = "analysis-path-test-token";
 /// Width of a test image the engine fails on.
 const ENGINE_FAILS: u32 = 13;
 /// Width of a test image the engine answers only after the orchestrator's deadline.
@@ -72,222 +65,6 @@ struct Timing {
     timeout: Duration,
     /// How long the engine takes on the too-slow image (longer than `timeout`).
     slow: Duration,
-}
-
-struct Platform {
-    log: Arc<dyn EventLog>,
-    store: ObjectStore,
-    topics: Topics,
-    events: Box<dyn QueueConsumer>,
-    orchestrator: String,
-    shutdown: Shutdown,
-    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
-    _guards: Vec<Box<dyn std::any::Any + Send>>,
-}
-
-struct Parts {
-    messaging: MessagingConfig,
-    s3: S3Config,
-    database_url: String,
-    topics: Topics,
-    group_suffix: String,
-    guards: Vec<Box<dyn std::any::Any + Send>>,
-}
-
-async fn in_process_parts() -> Parts {
-    let store = testkit::EmbeddedStore::start(20 * 1024 * 1024).await;
-    let database_url = testkit::sqlite_database(store.dir());
-    Parts {
-        messaging: MessagingConfig::default(),
-        s3: store.config.clone(),
-        database_url,
-        topics: Topics::default(),
-        group_suffix: String::new(),
-        guards: vec![Box::new(store)],
-    }
-}
-
-async fn real_parts() -> Parts {
-    let vhost = testkit::RabbitVhost::create();
-    let unique = testkit::unique("ap");
-    let topic = |name: &str| format!("{unique}.{name}");
-    Parts {
-        messaging: MessagingConfig {
-            kafka_brokers: testkit::kafka_brokers(),
-            rabbit_url: vhost.url(),
-            ..MessagingConfig::default()
-        },
-        s3: testkit::garage_s3(),
-        database_url: testkit::postgres_database().await,
-        topics: Topics {
-            topic_image_uploaded: topic("image.uploaded"),
-            topic_recognition_requested: topic("recognition.requested"),
-            topic_recognition_completed: topic("recognition.completed"),
-            topic_recognition_failed: topic("recognition.failed"),
-        },
-        group_suffix: format!(".{unique}"),
-        guards: vec![Box::new(vhost)],
-    }
-}
-
-async fn start(parts: Parts, timing: &Timing) -> Platform {
-    let in_process = InProcessBroker::memory();
-    let shutdown = Shutdown::new();
-    let mut tasks = Vec::new();
-    let addr = || format!("127.0.0.1:{}", testkit::free_port());
-    let http = reqwest::Client::new();
-    let mut ready = Vec::new();
-
-    let media = tu_media_access_service::Config {
-        settings: tu_media_access_service::Settings {
-            http_addr: addr(),
-            internal_auth_api_key: TOKEN.into(),
-            ..Default::default()
-        },
-        s3: parts.s3.clone(),
-    };
-    let media_url = format!("http://{}", media.settings.http_addr);
-    ready.push(media_url.clone());
-    let deps = tu_media_access_service::Deps::connect(&media).expect("media deps");
-    tasks.push(tokio::spawn(tu_media_access_service::run(
-        media,
-        deps,
-        shutdown.clone(),
-    )));
-
-    let orchestrator = svc_analysis_orchestrator::Config {
-        settings: svc_analysis_orchestrator::Settings {
-            http_addr: addr(),
-            database_url: parts.database_url.clone(),
-            internal_auth_api_key: TOKEN.into(),
-            recognition_timeout_secs: timing.timeout.as_secs_f64(),
-            ..Default::default()
-        },
-        messaging: parts.messaging.clone(),
-    };
-    let orchestrator_url = format!("http://{}", orchestrator.settings.http_addr);
-    ready.push(orchestrator_url.clone());
-    let deps = svc_analysis_orchestrator::Deps::connect(&orchestrator, &in_process)
-        .await
-        .expect("orchestrator deps");
-    tasks.push(tokio::spawn(svc_analysis_orchestrator::run(
-        orchestrator,
-        deps,
-        shutdown.clone(),
-    )));
-
-    let bridge = svc_messaging_bridge::Config {
-        settings: svc_messaging_bridge::Settings {
-            http_addr: addr(),
-            consumer_group: format!("svc-messaging-bridge{}", parts.group_suffix),
-            ..Default::default()
-        },
-        messaging: parts.messaging.clone(),
-        topics: parts.topics.clone(),
-    };
-    ready.push(format!("http://{}", bridge.settings.http_addr));
-    let deps = svc_messaging_bridge::Deps::connect(&bridge, &in_process).expect("bridge deps");
-    tasks.push(tokio::spawn(svc_messaging_bridge::run(
-        bridge,
-        deps,
-        shutdown.clone(),
-    )));
-
-    let adapter = svc_ai_vision_adapter::Config {
-        settings: svc_ai_vision_adapter::Settings {
-            http_addr: addr(),
-            media_access_url: media_url,
-            internal_auth_api_key: TOKEN.into(),
-            consumer_group: format!("svc-ai-vision-adapter{}", parts.group_suffix),
-            max_download_bytes: 256 * 1024,
-            ..Default::default()
-        },
-        messaging: parts.messaging.clone(),
-        topics: parts.topics.clone(),
-    };
-    ready.push(format!("http://{}", adapter.settings.http_addr));
-    let log = parts
-        .messaging
-        .event_log("test", &in_process)
-        .expect("event log");
-    let deps = svc_ai_vision_adapter::Deps {
-        log: log.clone(),
-        engine: Arc::new(TestEngine { slow: timing.slow }),
-    };
-    tasks.push(tokio::spawn(svc_ai_vision_adapter::run(
-        adapter,
-        deps,
-        shutdown.clone(),
-    )));
-
-    for base in ready {
-        testkit::wait_ready(&http, &base).await;
-    }
-
-    // What a gateway replica would see.
-    let broker: Arc<dyn MessageBroker> = parts
-        .messaging
-        .message_broker("test", &in_process)
-        .expect("broker");
-    let queue = testkit::unique("events");
-    broker
-        .declare(
-            &Topology::new()
-                .queue(QueueSpec::exclusive(queue.clone()))
-                .bind(exchanges::ANALYSIS_STARTED, &queue, "")
-                .bind(exchanges::ANALYSIS_COMPLETED, &queue, "")
-                .bind(exchanges::ANALYSIS_FAILED, &queue, ""),
-        )
-        .await
-        .expect("declare the event queue");
-    let events = broker.consume(&queue, 100).await.expect("consume events");
-    let mut guards = parts.guards;
-    guards.push(Box::new(broker));
-    Platform {
-        log,
-        store: ObjectStore::new(&parts.s3).expect("store"),
-        topics: parts.topics,
-        events,
-        orchestrator: orchestrator_url,
-        shutdown,
-        tasks,
-        _guards: guards,
-    }
-}
-
-fn png(width: u32, height: u32) -> Bytes {
-    let img = image::RgbImage::from_fn(width, height, |x, y| {
-        image::Rgb([(x * 7) as u8, (y * 5) as u8, ((x + y) * 3) as u8])
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .expect("encode png");
-    Bytes::from(out.into_inner())
-}
-
-/// Store `bytes` and announce it as ingestion would; `checksum_of` is what the upload claimed.
-async fn upload(p: &Platform, name: &str, bytes: Bytes, checksum_of: &[u8]) -> (String, String) {
-    let key = format!("images/2026/11/22/{}-{name}.png", Uuid::new_v4());
-    p.store
-        .put(&key, bytes.clone(), "image/png")
-        .await
-        .expect("put object");
-    let event = ImageUploaded {
-        upload_id: Uuid::now_v7(),
-        object_key: key.clone(),
-        content_type: "image/png".into(),
-        bytes: bytes.len() as i64,
-        checksum: testkit::sha256_checksum(checksum_of),
-        occurred_at: Utc::now(),
-        owner: Some("alice".into()),
-    };
-    let correlation = format!("corr-{name}");
-    let message = Message::from_contract(&event, "tu-ingestion-service", &correlation);
-    p.log
-        .produce(&p.topics.topic_image_uploaded, &key, &message)
-        .await
-        .expect("produce ImageUploaded");
-    (key, correlation)
 }
 
 #[derive(Debug, Default)]
@@ -356,7 +133,12 @@ async fn wait_for_finals(
 }
 
 async fn every_case_ends_once_with_its_reason(parts: Parts, timing: Timing) {
-    let mut p = start(parts, &timing).await;
+    let mut p = platform::start(
+        parts,
+        timing.timeout,
+        Arc::new(TestEngine { slow: timing.slow }),
+    )
+    .await;
     let mut seen = HashMap::new();
 
     // Warm-up: consumer groups have joined once one analysis went all the way round.

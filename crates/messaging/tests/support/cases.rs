@@ -357,7 +357,9 @@ pub async fn log_runner_commits_contiguously(log: Arc<dyn EventLog>) {
             initial_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(50),
         },
-        ..RunOptions::new("contiguous").concurrency(4).per_partition(4)
+        ..RunOptions::new("contiguous")
+            .concurrency(4)
+            .per_partition(4)
     };
     let runner = {
         let done = done.clone();

@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,10 +29,6 @@ pub fn amqp_faults_url() -> String {
         "TU_TEST_AMQP_FAULTS_URL",
         "amqp://guest:guest@127.0.0.1:5673/tu-test",
     )
-}
-
-pub fn rabbit_faults_node() -> String {
-    env_or("TU_TEST_RABBIT_FAULTS_NODE", "tufaults@localhost")
 }
 
 /// tansu shared by the suite.
@@ -101,22 +96,8 @@ pub fn kafka() -> Arc<KafkaLog> {
     kafka_at(&kafka_brokers())
 }
 
-/// Stop and start the RabbitMQ faults node, like a broker restart.
-pub fn restart_rabbit_faults_node(down_for: Duration) {
-    let node = rabbit_faults_node();
-    let run = |args: &[&str]| {
-        let status = Command::new("rabbitmqctl")
-            .args(["-n", &node])
-            .args(args)
-            .stdout(Stdio::null())
-            .status()
-            .expect("rabbitmqctl");
-        assert!(status.success(), "rabbitmqctl {args:?} on {node}");
-    };
-    run(&["stop_app"]);
-    std::thread::sleep(down_for);
-    run(&["start_app"]);
-}
+#[allow(unused_imports)] // only the RabbitMQ suite restarts the faults node
+pub use testkit::restart_rabbit_faults_node;
 
 #[allow(unused_imports)] // only the Kafka suite restarts its own tansu
 pub use testkit::OwnTansu;
