@@ -124,6 +124,8 @@ pub async fn run(config: Config, deps: Deps, shutdown: Shutdown) -> anyhow::Resu
         "INTERNAL_AUTH_API_KEY must be set: media access requires it"
     );
     let health = Health::new();
+    // The recorder before any work starts, so no early count is lost.
+    let _ = runtime::telemetry::metrics();
     deps.log
         .create_topics(&messaging::topology::kafka_topics(
             &config.topics,

@@ -123,6 +123,8 @@ impl Deps {
 pub async fn run(config: Config, deps: Deps, shutdown: Shutdown) -> anyhow::Result<()> {
     let s = &config.settings;
     let token = InternalToken::new(&s.internal_auth_api_key);
+    // The recorder before any work starts, so no early count is lost.
+    let _ = runtime::telemetry::metrics();
     anyhow::ensure!(
         token.is_configured(),
         "INTERNAL_AUTH_API_KEY must be set: the gateway presents it on every read"

@@ -100,6 +100,8 @@ impl Deps {
 pub async fn run(config: Config, deps: Deps, shutdown: Shutdown) -> anyhow::Result<()> {
     let s = &config.settings;
     let routes = routes::parse(&s.bridge_routes, &config.topics)?;
+    // The recorder before any work starts, so no early count is lost.
+    let _ = runtime::telemetry::metrics();
     let health = Health::new();
     deps.broker
         .declare(&messaging::topology::platform())

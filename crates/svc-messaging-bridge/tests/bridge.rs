@@ -53,6 +53,7 @@ fn real() -> Setup {
 }
 
 struct Running {
+    base: String,
     log: Arc<dyn EventLog>,
     broker: Arc<dyn MessageBroker>,
     shutdown: Shutdown,
@@ -79,6 +80,7 @@ async fn start(setup: &Setup, routes: &str) -> Running {
     let task = tokio::spawn(run(config, deps, shutdown.clone()));
     testkit::wait_ready(&reqwest::Client::new(), &base).await;
     Running {
+        base,
         log,
         broker,
         shutdown,
@@ -87,6 +89,15 @@ async fn start(setup: &Setup, routes: &str) -> Running {
 }
 
 impl Running {
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     async fn stop(self) {
         self.shutdown.trigger();
         self.task.await.expect("join").expect("clean stop");
@@ -235,6 +246,28 @@ async fn both_directions_keep_order_and_headers(setup: Setup) {
         sorted.sort_unstable();
         assert_eq!(ns, sorted, "order of {key}");
     }
+    let metrics = r.metrics().await;
+    for name in [
+        "bridge_forwarded_total",
+        "bridge_in_flight",
+        "bridge_lag_seconds",
+        "bridge_forward_seconds",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    let forwarded = |route: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("bridge_forwarded_total") && l.contains(route))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let to_rabbit = format!("kafka:{}->rabbit:", setup.topics.topic_image_uploaded);
+    assert!(
+        forwarded(&to_rabbit) >= (N + 1) as f64,
+        "forwarded count of {to_rabbit}: {metrics}"
+    );
     r.stop().await;
 }
 
@@ -283,6 +316,7 @@ async fn unroutable_goes_to_the_dlq_with_the_reason(setup: Setup) {
         let task = tokio::spawn(run(config, deps, shutdown.clone()));
         testkit::wait_ready(&reqwest::Client::new(), &base).await;
         Running {
+            base,
             log: log.clone(),
             broker: broker.clone(),
             shutdown,
