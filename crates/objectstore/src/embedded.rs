@@ -85,6 +85,11 @@ impl EmbeddedS3 {
             })?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
+            use axum::serve::ListenerExt;
+            // Without TCP_NODELAY a small response waits for the client's delayed ACK (~40 ms).
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await })
                 .await
