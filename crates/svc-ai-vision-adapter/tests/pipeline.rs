@@ -338,3 +338,72 @@ async fn undecodable_requests_are_permanent_failures() {
         "{err:?}"
     );
 }
+
+/// Counts how many recognitions run at once.
+struct Counting {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+#[async_trait]
+impl RecognitionEngine for Counting {
+    fn provider(&self) -> AiProvider {
+        AiProvider {
+            name: "counting".into(),
+            ..AiProvider::default()
+        }
+    }
+    async fn recognize(&self, _image: Image) -> Result<Recognition, EngineError> {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        Ok(Recognition::default())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_engine_runs_within_its_concurrency_limit() {
+    let mut rig = rig().await;
+    let engine = Arc::new(Counting {
+        now: AtomicUsize::new(0),
+        max: AtomicUsize::new(0),
+    });
+    rig.pipeline.engine = engine.clone();
+    rig.pipeline.engine_slots = Arc::new(tokio::sync::Semaphore::new(2));
+    let bytes = png(30);
+    rig.storage
+        .objects
+        .lock()
+        .expect("lock")
+        .insert("n.png".into(), bytes.clone());
+    let topic = rig.pipeline.topics.topic_recognition_requested.clone();
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let pipeline = rig.pipeline.clone();
+            let message = Message::from_contract(&request("n.png", &bytes), "t", "c");
+            let topic = topic.clone();
+            tokio::spawn(async move { pipeline.handle(record(&topic, message)).await })
+        })
+        .collect();
+    for h in handles {
+        h.await.expect("join").expect("handled");
+    }
+    assert_eq!(
+        engine.max.load(Ordering::SeqCst),
+        2,
+        "never more than the 2 slots, and both used"
+    );
+    for _ in 0..6 {
+        let (schema, body) = result(&rig).await;
+        assert_eq!(schema, "recognition.completed.v1", "{body}");
+        assert_eq!(
+            body["aggregate"]["isConfident"], false,
+            "nothing known is not confident"
+        );
+        assert!(
+            body["aggregate"]["brand"].is_null(),
+            "nothing made up: {body}"
+        );
+    }
+}
