@@ -205,15 +205,24 @@ pub async fn insert_failed(
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn get(conn: &mut AnyConnection, id: &str) -> Result<Option<Analysis>, DbError> {
+/// At most one analysis: `tail` (a constant condition and order, with `$1`) bound to `value`.
+async fn one_where(
+    conn: &mut AnyConnection,
+    tail: &'static str,
+    value: &str,
+) -> Result<Option<Analysis>, DbError> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM analyses WHERE id = $1"
+        "SELECT {COLUMNS} FROM analyses WHERE {tail}"
     )))
-    .bind(id)
+    .bind(value)
     .persistent(false)
     .fetch_optional(conn)
     .await?;
     Ok(row.as_ref().map(from_row).transpose()?)
+}
+
+pub async fn get(conn: &mut AnyConnection, id: &str) -> Result<Option<Analysis>, DbError> {
+    one_where(conn, "id = $1", id).await
 }
 
 /// The analysis an upload started (it holds the upload's checksum, size and owner).
@@ -221,15 +230,12 @@ pub async fn upload_analysis_of_object(
     conn: &mut AnyConnection,
     object_key: &str,
 ) -> Result<Option<Analysis>, DbError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM analyses WHERE object_key = $1 AND origin = 'upload' \
-         ORDER BY requested_at DESC, id DESC LIMIT 1"
-    )))
-    .bind(object_key)
-    .persistent(false)
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.as_ref().map(from_row).transpose()?)
+    one_where(
+        conn,
+        "object_key = $1 AND origin = 'upload' ORDER BY requested_at DESC, id DESC LIMIT 1",
+        object_key,
+    )
+    .await
 }
 
 /// The newest started analysis of an object: how a result without an analysis id (the original
@@ -238,15 +244,12 @@ pub async fn started_of_object(
     conn: &mut AnyConnection,
     object_key: &str,
 ) -> Result<Option<Analysis>, DbError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM analyses WHERE object_key = $1 AND status = 'started' \
-         ORDER BY started_at DESC, id DESC LIMIT 1"
-    )))
-    .bind(object_key)
-    .persistent(false)
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.as_ref().map(from_row).transpose()?)
+    one_where(
+        conn,
+        "object_key = $1 AND status = 'started' ORDER BY started_at DESC, id DESC LIMIT 1",
+        object_key,
+    )
+    .await
 }
 
 /// started → completed. False when it was no longer started (a duplicate or a late result).
