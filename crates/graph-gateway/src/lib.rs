@@ -17,14 +17,101 @@ pub const SERVICE: &str = contracts::names::services::GRAPH_GATEWAY;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Settings {
-    /// Listen address of the HTTP server (ops routes and API).
+    /// Listen address of the HTTP server (`/graphql` and the ops routes).
     pub http_addr: String,
+    /// tu-ingestion-service (the original's variable name).
+    pub ingestion_base_url: String,
+    /// svc-analysis-orchestrator's read API.
+    pub orchestrator_base_url: String,
+    /// The internal token ingestion and the orchestrator expect (`x-internal-token`).
+    pub internal_auth_api_key: String,
+    /// OIDC issuer URL (discovery at `<issuer>/.well-known/openid-configuration`), e.g.
+    /// `https://login.microsoftonline.com/<tenant>/v2.0` or `https://kc.example/realms/trackunit`.
+    /// Empty: built from the original's `AZUREAD__TENANTID`.
+    pub oidc_issuer: String,
+    /// Accepted `aud` values, comma-separated. Empty: the original's `AZUREAD__AUDIENCE`,
+    /// `api://<AZUREAD__CLIENTID>` and `<AZUREAD__CLIENTID>`.
+    pub oidc_audiences: String,
+    /// Scope every protected operation requires, in `scp` (Entra) or `scope` (Keycloak).
+    /// Empty: the original's `AUTH__REQUIREDSCOPE`, else `analysis`. A full URI such as
+    /// `api://<id>/analysis` is reduced to its last segment, which is what `scp` carries.
+    pub oidc_required_scope: String,
+    /// Longest time a fetched JWKS is used before it is fetched again (a shorter
+    /// `Cache-Control: max-age` from the provider wins).
+    pub oidc_jwks_max_age_secs: u64,
+    /// A token with an unknown `kid` triggers a JWKS refetch at most this often.
+    pub oidc_refetch_cooldown_secs: u64,
+    /// While the provider is unreachable, the last keys stay in use for at most this long.
+    pub oidc_max_stale_secs: u64,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub oidc_clock_skew_secs: u64,
+    /// The original's Entra ID settings, still honoured when the OIDC_* ones are empty.
+    #[serde(rename = "azuread__tenantid")]
+    pub azuread_tenant_id: String,
+    #[serde(rename = "azuread__audience")]
+    pub azuread_audience: String,
+    #[serde(rename = "azuread__clientid")]
+    pub azuread_client_id: String,
+    #[serde(rename = "auth__requiredscope")]
+    pub auth_required_scope: String,
+    /// Serve GraphiQL at `GET /graphql` (development mode).
+    pub graphql_development: bool,
+    /// Name of this replica's event queue (`graph-gateway.events.<id>`). Empty: the host name
+    /// plus a random suffix, so two replicas never share a queue.
+    pub gateway_replica_id: String,
+    /// Largest GraphQL request body accepted.
+    pub max_request_bytes: usize,
+    /// Deepest query accepted.
+    pub max_query_depth: usize,
+    /// Highest query complexity accepted (each field counts 1, lists multiply by `first`).
+    pub max_query_complexity: usize,
+    /// Per client (token subject, else IP address): sustained requests per second…
+    pub rate_limit_per_second: u32,
+    /// …and the burst allowed above it. 0 turns rate limiting off.
+    pub rate_limit_burst: u32,
+    /// Events buffered per subscription; a subscriber that falls this far behind is ended
+    /// with a `SLOW_CONSUMER` error instead of growing memory.
+    pub subscriber_buffer: usize,
+    /// Keepalive ping interval on WebSocket connections.
+    pub ws_keepalive_secs: u64,
+    /// A WebSocket that sends no `connection_init` within this time is closed.
+    pub ws_init_timeout_secs: u64,
+    /// WebSocket connections held at once; more are refused with 503.
+    pub max_ws_connections: usize,
+    /// Timeout of calls to ingestion and the orchestrator.
+    pub upstream_timeout_secs: u64,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             http_addr: "127.0.0.1:8080".into(),
+            ingestion_base_url: "http://127.0.0.1:8081".into(),
+            orchestrator_base_url: "http://127.0.0.1:8084".into(),
+            internal_auth_api_key: String::new(),
+            oidc_issuer: String::new(),
+            oidc_audiences: String::new(),
+            oidc_required_scope: String::new(),
+            oidc_jwks_max_age_secs: 3600,
+            oidc_refetch_cooldown_secs: 30,
+            oidc_max_stale_secs: 24 * 3600,
+            oidc_clock_skew_secs: 60,
+            azuread_tenant_id: String::new(),
+            azuread_audience: String::new(),
+            azuread_client_id: String::new(),
+            auth_required_scope: String::new(),
+            graphql_development: false,
+            gateway_replica_id: String::new(),
+            max_request_bytes: 64 * 1024,
+            max_query_depth: 12,
+            max_query_complexity: 500,
+            rate_limit_per_second: 20,
+            rate_limit_burst: 60,
+            subscriber_buffer: 64,
+            ws_keepalive_secs: 15,
+            ws_init_timeout_secs: 10,
+            max_ws_connections: 20_000,
+            upstream_timeout_secs: 10,
         }
     }
 }
