@@ -15,6 +15,7 @@ scripts/test-infra.sh up >/dev/null
 . "$(scripts/test-infra.sh env)"
 
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+scripts/fetch-models.sh >/dev/null  # PP-OCR models, libonnxruntime, tesseract, fonts (crates/recognition)
 scripts/deploy-tools.sh  # kubernetes-validate, promtool, amtool, kubectl for crates/deploy-checks
 
 phase "cargo fmt --check"
