@@ -135,16 +135,56 @@ fn tract_model(path: &Path) -> Result<Box<dyn Model>, Error> {
     let model = tract_onnx::onnx()
         .model_for_read(&mut std::io::Cursor::new(bytes))
         .map_err(rt)?;
-    let model = model
+    // Models tract can type with symbolic dims run as one plan; the others (the DB detector)
+    // get a plan per concrete input shape, built on first use.
+    let symbolic = model
+        .clone()
         .into_optimized()
-        .map_err(rt)?
-        .into_runnable()
-        .map_err(rt)?;
-    Ok(Box::new(TractModel(model)))
+        .and_then(|m| m.into_runnable())
+        .ok();
+    Ok(Box::new(TractModel {
+        model,
+        symbolic,
+        plans: Default::default(),
+    }))
 }
 
 #[cfg(feature = "tract")]
-struct TractModel(std::sync::Arc<tract_onnx::prelude::TypedRunnableModel>);
+type Plan = std::sync::Arc<tract_onnx::prelude::TypedRunnableModel>;
+
+#[cfg(feature = "tract")]
+struct TractModel {
+    model: tract_onnx::prelude::InferenceModel,
+    symbolic: Option<Plan>,
+    plans: std::sync::Mutex<std::collections::HashMap<[usize; 4], Plan>>,
+}
+
+#[cfg(feature = "tract")]
+impl TractModel {
+    fn plan(&self, shape: [usize; 4]) -> Result<Plan, Error> {
+        use tract_onnx::prelude::*;
+        if let Some(p) = &self.symbolic {
+            return Ok(p.clone());
+        }
+        let rt = |e: TractError| Error::Runtime(format!("{e:#}"));
+        let poisoned = || Error::Runtime("plan cache poisoned".into());
+        if let Some(p) = self.plans.lock().map_err(|_| poisoned())?.get(&shape) {
+            return Ok(p.clone());
+        }
+        let plan = self
+            .model
+            .clone()
+            .with_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), shape))
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(rt)?;
+        self.plans
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(shape, plan.clone());
+        Ok(plan)
+    }
+}
 
 #[cfg(feature = "tract")]
 impl Model for TractModel {
@@ -152,11 +192,11 @@ impl Model for TractModel {
         use tract_onnx::prelude::*;
         let rt = |e: TractError| Error::Runtime(format!("{e:#}"));
         let input = Tensor::from_shape(&shape, &data).map_err(rt)?;
-        let out = self.0.run(tvec!(input.into())).map_err(rt)?;
+        let out = self.plan(shape)?.run(tvec!(input.into())).map_err(rt)?;
         let t = out
             .first()
             .ok_or_else(|| Error::Runtime("model has no output".into()))?;
-        let view = t.to_array_view::<f32>().map_err(rt)?;
+        let view = t.to_plain_array_view::<f32>().map_err(rt)?;
         Ok((t.shape().to_vec(), view.iter().copied().collect()))
     }
 }
