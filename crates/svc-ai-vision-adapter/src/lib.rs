@@ -5,7 +5,9 @@
 //! `checksum_mismatch`, `not_an_image`, `too_large`, `engine_error`), and commit the offset only
 //! after that publish was acknowledged. The steps: [`pipeline`]; the engine slot: [`engine`].
 
+pub mod cloud;
 pub mod engine;
+pub mod offline;
 pub mod pipeline;
 
 use anyhow::Context;
@@ -43,7 +45,8 @@ pub struct Settings {
     pub consume_image_uploaded: bool,
     /// Kafka consumer group (replicas share it and split the partitions).
     pub consumer_group: String,
-    /// Which engine recognises machines (`none` until one is configured).
+    /// Which engine recognises machines: a recogniser (`none`, `offline`, `google`) and any
+    /// enrichers after it (`gemini`, `catalog`), joined by `+`, e.g. `google+gemini`.
     pub recognition_engine: String,
     /// Engine runs at once (CPU-bound; default: the number of cores).
     pub engine_concurrency: usize,
@@ -53,6 +56,48 @@ pub struct Settings {
     pub max_download_bytes: u64,
     pub max_pixels: u64,
     pub download_timeout_secs: u64,
+    /// Google Cloud Vision: API key (`?key=`); or else the service-account JSON below.
+    pub google_vision_api_key: String,
+    /// Path of a service-account JSON key (Google's ADC variable of the same name).
+    pub google_application_credentials: String,
+    /// Vision REST endpoint (`{endpoint}/v1/images:annotate`).
+    pub google_vision_endpoint: String,
+    /// OAuth token endpoint override (default: the key file's `token_uri`).
+    pub google_token_uri: String,
+    /// Vision features, comma-separated (the original: logo, text, web detection; add
+    /// `LABEL_DETECTION`, `OBJECT_LOCALIZATION` if wanted).
+    pub google_vision_features: String,
+    /// `maxResults` per feature (the original: 5).
+    pub google_vision_max_results: i32,
+    /// Gemini reasoning: API key (env `GEMINI_API_KEY`, as the original).
+    pub gemini_api_key: String,
+    /// Gemini model (the original: `gemini-1.5-flash`).
+    pub gemini_model: String,
+    /// Gemini REST endpoint (`{endpoint}/v1beta/models/{model}:generateContent`).
+    pub gemini_endpoint: String,
+    /// Cloud calls: attempts per call (429/5xx/timeouts are retried) and the first backoff.
+    pub cloud_attempts: u32,
+    pub cloud_backoff_ms: u64,
+    /// Cloud calls: timeout per attempt.
+    pub cloud_timeout_secs: u64,
+    /// Offline engine: directory of the PP-OCRv4 ONNX models (`scripts/fetch-models.sh`);
+    /// empty = `$TRACKUNIT_MODELS_DIR` or `~/.local/share/trackunit/models`. Without the models
+    /// the engine falls back to Tesseract.
+    pub ocr_models_dir: String,
+    /// Offline engine: `ort` (ONNX Runtime, fast) or `tract` (pure Rust; builds with the
+    /// `recognition/tract` feature only).
+    pub ocr_runtime: String,
+    /// Offline engine: `libonnxruntime.so` for `ort`; empty = `ORT_DYLIB_PATH` or the models dir.
+    pub onnxruntime_lib: String,
+    /// Offline engine: intra-op threads per recognition (several run at once under
+    /// `ENGINE_CONCURRENCY`).
+    pub ocr_threads: usize,
+    /// Optional machine-type image classifier (ONNX, input `[1,3,S,S]` RGB in 0..1) and its
+    /// labels file (one machine type a line); empty = none.
+    pub classifier_model: String,
+    pub classifier_labels: String,
+    /// The classifier's square input side `S`.
+    pub classifier_input_size: u32,
 }
 
 impl Default for Settings {
@@ -70,6 +115,25 @@ impl Default for Settings {
             max_download_bytes: 10 * 1024 * 1024,
             max_pixels: 40_000_000,
             download_timeout_secs: 30,
+            google_vision_api_key: String::new(),
+            google_application_credentials: String::new(),
+            google_vision_endpoint: "https://vision.googleapis.com".into(),
+            google_token_uri: String::new(),
+            google_vision_features: "LOGO_DETECTION,TEXT_DETECTION,WEB_DETECTION".into(),
+            google_vision_max_results: 5,
+            gemini_api_key: String::new(),
+            gemini_model: "gemini-1.5-flash".into(),
+            gemini_endpoint: "https://generativelanguage.googleapis.com".into(),
+            cloud_attempts: 4,
+            cloud_backoff_ms: 200,
+            cloud_timeout_secs: 20,
+            ocr_models_dir: String::new(),
+            ocr_runtime: "ort".into(),
+            onnxruntime_lib: String::new(),
+            ocr_threads: 1,
+            classifier_model: String::new(),
+            classifier_labels: String::new(),
+            classifier_input_size: 224,
         }
     }
 }
@@ -111,7 +175,7 @@ impl Deps {
     pub fn connect(config: &Config, in_process: &InProcessBroker) -> anyhow::Result<Self> {
         Ok(Self {
             log: config.messaging.event_log(SERVICE, in_process)?,
-            engine: engine::by_name(&config.settings.recognition_engine)?,
+            engine: engine::by_name(&config.settings)?,
         })
     }
 }

@@ -215,7 +215,7 @@ impl Pipeline {
             self.engine
                 .recognize(image)
                 .await
-                .map_err(|e| Failure::Image(FailureReason::EngineError, e.to_string()))?
+                .map_err(|e| Failure::Image(e.reason, e.message))?
         };
         let timings = EngineTimings {
             download_ms: Some(download_ms),
@@ -232,7 +232,9 @@ impl Pipeline {
                 upload_id: request.upload_id,
                 object_key: Some(request.object_key.clone()),
                 owner: request.owner.clone(),
-                provider: self.engine.provider(),
+                provider: recognition
+                    .provider
+                    .unwrap_or_else(|| self.engine.provider()),
                 aggregate,
                 text: recognition.text,
                 timings: Some(timings.clone()),

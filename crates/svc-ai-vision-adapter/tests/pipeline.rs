@@ -43,6 +43,7 @@ impl RecognitionEngine for Fixed {
                 ..MachineAggregate::default()
             },
             text: vec![],
+            provider: None,
         })
     }
 }

@@ -39,7 +39,7 @@ impl RecognitionEngine for TestEngine {
 
     async fn recognize(&self, image: Image) -> Result<Recognition, EngineError> {
         match image.decoded.width() {
-            ENGINE_FAILS => Err(EngineError("the test engine fails on width 13".into())),
+            ENGINE_FAILS => Err(EngineError::new("the test engine fails on width 13")),
             w => {
                 if w == ENGINE_TOO_SLOW {
                     tokio::time::sleep(self.slow).await;
@@ -54,6 +54,7 @@ impl RecognitionEngine for TestEngine {
                         ..MachineAggregate::default()
                     },
                     text: vec![],
+                    provider: None,
                 })
             }
         }
