@@ -1,7 +1,19 @@
 //! The public GraphQL API (HTTP + WebSocket), OIDC auth, per-owner subscriptions.
 //!
-//! Foundation stage: serves the ops routes and holds its RabbitMQ connection; the GraphQL schema,
-//! auth and subscriptions are built in the gateway issue.
+//!
+//! * [`schema`]: the GraphQL types and resolvers; [`http`]: `/graphql` over POST and WebSocket.
+//! * [`oidc`]: bearer-token validation (discovery, JWKS cache, rotation); [`issuer`]: the
+//!   development issuer `trackunit up` and the tests run.
+//! * [`events`]: this replica's RabbitMQ queue → the caller's subscriptions.
+//! * [`upstream`]: calls to tu-ingestion-service and the orchestrator's read API.
+
+pub mod client;
+pub mod events;
+pub mod http;
+pub mod issuer;
+pub mod oidc;
+pub mod schema;
+pub mod upstream;
 
 use anyhow::Context;
 use messaging::MessageBroker;
@@ -10,6 +22,7 @@ use messaging::memory::InProcessBroker;
 use runtime::{Health, Shutdown};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub const SERVICE: &str = contracts::names::services::GRAPH_GATEWAY;
 
@@ -104,7 +117,7 @@ impl Default for Settings {
             gateway_replica_id: String::new(),
             max_request_bytes: 64 * 1024,
             max_query_depth: 12,
-            max_query_complexity: 500,
+            max_query_complexity: 5000,
             rate_limit_per_second: 20,
             rate_limit_burst: 60,
             subscriber_buffer: 64,
@@ -147,15 +160,89 @@ pub struct Deps {
 impl Deps {
     /// Real brokers where configured; `in_process` otherwise.
     pub fn connect(config: &Config, in_process: &InProcessBroker) -> anyhow::Result<Self> {
-        let _ = (config, in_process);
         Ok(Self {
             broker: config.messaging.message_broker(SERVICE, in_process)?,
         })
     }
 }
 
+impl Settings {
+    /// The OIDC settings, with the original's `AZUREAD__*`/`AUTH__*` as fallbacks. No issuer
+    /// configured is an error: the gateway never runs without token validation.
+    pub fn oidc(&self) -> anyhow::Result<oidc::OidcSettings> {
+        let tenant = self.azuread_tenant_id.trim();
+        let issuer = match (self.oidc_issuer.trim(), tenant) {
+            ("", "") => anyhow::bail!(
+                "no identity provider configured: set OIDC_ISSUER (or the original's AZUREAD__TENANTID)"
+            ),
+            ("", tenant) => format!("https://login.microsoftonline.com/{tenant}/v2.0"),
+            (issuer, _) => issuer.trim_end_matches('/').to_owned(),
+        };
+        let mut audiences: Vec<String> = self
+            .oidc_audiences
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if audiences.is_empty() {
+            let client = self.azuread_client_id.trim();
+            audiences = [
+                self.azuread_audience.trim().to_owned(),
+                if client.is_empty() {
+                    String::new()
+                } else {
+                    format!("api://{client}")
+                },
+                client.to_owned(),
+            ]
+            .into_iter()
+            .filter(|a| !a.is_empty())
+            .collect();
+        }
+        anyhow::ensure!(
+            !audiences.is_empty(),
+            "no audience configured: set OIDC_AUDIENCES (or AZUREAD__AUDIENCE / AZUREAD__CLIENTID)"
+        );
+        let scope = [&self.oidc_required_scope, &self.auth_required_scope]
+            .into_iter()
+            .map(|s| s.trim())
+            .find(|s| !s.is_empty())
+            .unwrap_or("analysis");
+        // `api://<id>/analysis` → `analysis`: `scp` carries the short name.
+        let scope = scope.rsplit('/').next().unwrap_or(scope).to_owned();
+        Ok(oidc::OidcSettings {
+            issuer,
+            audiences,
+            required_scope: scope,
+            jwks_max_age: Duration::from_secs(self.oidc_jwks_max_age_secs.max(1)),
+            refetch_cooldown: Duration::from_secs(self.oidc_refetch_cooldown_secs),
+            max_stale: Duration::from_secs(self.oidc_max_stale_secs),
+            clock_skew: Duration::from_secs(self.oidc_clock_skew_secs),
+        })
+    }
+
+    /// This replica's id: configured, else host name + random suffix.
+    pub fn replica_id(&self) -> String {
+        let configured = self.gateway_replica_id.trim();
+        if !configured.is_empty() {
+            return configured.to_owned();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.trim().is_empty())
+            .unwrap_or_else(|| "local".into());
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        format!("{host}.{}", &suffix[..8])
+    }
+}
+
 /// Run until `shutdown`, then drain within the grace period.
 pub async fn run(config: Config, deps: Deps, shutdown: Shutdown) -> anyhow::Result<()> {
+    let settings = &config.settings;
+    let oidc = settings.oidc()?;
+    tracing::info!(issuer = %oidc.issuer, audiences = ?oidc.audiences, scope = %oidc.required_scope, "validating tokens");
+    let validator = Arc::new(oidc::Validator::new(oidc));
     let health = Health::new();
     deps.broker
         .declare(&messaging::topology::platform())
@@ -166,12 +253,93 @@ pub async fn run(config: Config, deps: Deps, shutdown: Shutdown) -> anyhow::Resu
         let broker = broker.clone();
         async move { broker.check().await.map_err(|e| e.to_string()) }
     });
-    let _ = &deps;
-    let listener = runtime::http::bind(&config.settings.http_addr).await?;
-    tracing::info!(service = SERVICE, addr = %listener.local_addr()?, "listening");
-    let router = runtime::http::service_router(SERVICE, axum::Router::new(), health.clone());
+    let hub = events::Hub::new(settings.subscriber_buffer);
+    let attached = hub.clone();
+    health.check("events", move || {
+        let attached = attached.is_attached();
+        async move {
+            if attached {
+                Ok(())
+            } else {
+                Err("not consuming the events queue".to_owned())
+            }
+        }
+    });
+    let keys = validator.clone();
+    health.check_optional("oidc", move || {
+        let keys = keys.clone();
+        async move {
+            if keys.has_keys().await {
+                Ok(())
+            } else {
+                Err("no signing keys from the identity provider yet".to_owned())
+            }
+        }
+    });
     let token = shutdown.token();
+    let replica = settings.replica_id();
+    tracing::info!(replica, "gateway replica");
+    let events_task = tokio::spawn(hub.clone().run(deps.broker.clone(), replica, token.clone()));
+    {
+        let validator = validator.clone();
+        tokio::spawn(async move {
+            if let Err(e) = validator.warm_up().await {
+                tracing::warn!(error = %e, "identity provider not reachable at startup; will retry on the first token");
+            }
+        });
+    }
+    let upstreams = upstream::Upstreams::new(
+        &settings.ingestion_base_url,
+        &settings.orchestrator_base_url,
+        &settings.internal_auth_api_key,
+        Duration::from_secs(settings.upstream_timeout_secs.max(1)),
+    )?;
+    let schema = schema::build(
+        schema::Services {
+            upstreams,
+            hub,
+            broker: deps.broker.clone(),
+        },
+        settings.max_query_depth,
+        settings.max_query_complexity,
+    );
+    let limiter = http::limiter(settings.rate_limit_per_second, settings.rate_limit_burst);
+    if let Some(limiter) = limiter.clone() {
+        let token = token.clone();
+        // Forget idle clients so the limiter's memory stays bounded.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    _ = tick.tick() => limiter.retain_recent(),
+                }
+            }
+        });
+    }
+    let state = http::AppState {
+        schema,
+        validator,
+        limiter,
+        development: settings.graphql_development,
+        max_request_bytes: settings.max_request_bytes,
+        ws: http::WsSettings {
+            keepalive: Duration::from_secs(settings.ws_keepalive_secs.max(1)),
+            init_timeout: Duration::from_secs(settings.ws_init_timeout_secs.max(1)),
+            max_connections: settings.max_ws_connections,
+            send_timeout: Duration::from_secs(30),
+        },
+        ws_connections: Arc::default(),
+        shutdown: token.clone(),
+    };
+    let listener = runtime::http::bind(&settings.http_addr).await?;
+    tracing::info!(service = SERVICE, addr = %listener.local_addr()?, "listening");
+    let router = runtime::http::service_router(SERVICE, http::routes(state), health.clone());
     runtime::http::serve_service(listener, router, health.clone(), token.clone()).await?;
+    token.cancel();
+    if let Err(e) = events_task.await {
+        tracing::warn!(error = %e, "events task");
+    }
     tracing::info!(service = SERVICE, "stopped");
     Ok(())
 }

@@ -92,6 +92,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if let Some(s3) = &embedded.s3 {
         banner.push(("embedded S3 store", s3.addr().to_string()));
     }
+    if let Some(issuer) = &embedded.oidc_issuer {
+        banner.push((
+            "development OIDC issuer",
+            issuer.trim_start_matches("http://").to_owned(),
+        ));
+    }
     for service in selected {
         let prefix = service.env_prefix();
         let (addr, task) = start(service, &prefix, &embedded, shutdown.clone())
@@ -136,6 +142,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 /// `DATABASE_URL` a real database, `INTERNAL_AUTH_API_KEY` a fixed secret.
 struct Embedded {
     broker: InProcessBroker,
+    /// The development OIDC issuer's URL, when this process runs it.
+    oidc_issuer: Option<String>,
     s3: Option<EmbeddedS3>,
     s3_config: S3Config,
     data_dir: PathBuf,
@@ -231,8 +239,18 @@ impl Embedded {
         } else {
             (None, from_env)
         };
+        // `--only graph-gateway` (a container) must be configured with a real provider.
+        let oidc_issuer = if selected.len() > 1
+            && selected.contains(&Service::GraphGateway)
+            && !identity_configured()
+        {
+            Some(start_dev_issuer(data_dir, shutdown).await?)
+        } else {
+            None
+        };
         Ok(Self {
             broker,
+            oidc_issuer,
             s3,
             s3_config,
             data_dir: data_dir.to_path_buf(),
@@ -243,6 +261,68 @@ impl Embedded {
     fn sqlite_url(&self, name: &str) -> String {
         format!("sqlite://{}?mode=rwc", self.data_dir.join(name).display())
     }
+}
+
+/// Audience and scope of the development issuer's tokens.
+pub const DEV_AUDIENCE: &str = "api://trackunit-local";
+pub const DEV_SCOPE: &str = "analysis";
+/// Where `up` serves the development issuer (`TRACKUNIT_OIDC_ADDR`).
+pub const DEV_ISSUER_ADDR: &str = "127.0.0.1:8087";
+/// The file holding the development login secret, in the data directory.
+pub const LOGIN_SECRET_FILE: &str = "oidc-login-secret";
+
+/// A real identity provider is configured for the gateway (then `up` runs no issuer).
+fn identity_configured() -> bool {
+    let prefix = Service::GraphGateway.env_prefix();
+    ["OIDC_ISSUER", "AZUREAD__TENANTID"].iter().any(|v| {
+        [v.to_string(), format!("{prefix}_{v}")]
+            .iter()
+            .any(|name| std::env::var(name).is_ok_and(|x| !x.trim().is_empty()))
+    })
+}
+
+/// The development issuer: key and login secret kept in the data directory, so tokens and
+/// logins survive a restart.
+async fn start_dev_issuer(data_dir: &Path, shutdown: &Shutdown) -> anyhow::Result<String> {
+    let addr = std::env::var("TRACKUNIT_OIDC_ADDR").unwrap_or_else(|_| DEV_ISSUER_ADDR.into());
+    let listener = runtime::http::bind(&addr).await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let key_path = data_dir.join("oidc-signing-key.pem");
+    let issuer = match std::fs::read_to_string(&key_path) {
+        Ok(pem) => graph_gateway::issuer::DevIssuer::from_pem(&base, &pem)
+            .with_context(|| format!("reading {}", key_path.display()))?,
+        Err(_) => {
+            let issuer = graph_gateway::issuer::DevIssuer::generate(&base)?;
+            write_private(&key_path, issuer.private_key_pem().as_bytes())
+                .with_context(|| format!("writing {}", key_path.display()))?;
+            issuer
+        }
+    };
+    let secret_path = data_dir.join(LOGIN_SECRET_FILE);
+    let login_secret = match std::fs::read_to_string(&secret_path) {
+        Ok(s) => s.trim().to_owned(),
+        Err(_) => {
+            let s = random_secret();
+            write_private(&secret_path, s.as_bytes())
+                .with_context(|| format!("writing {}", secret_path.display()))?;
+            s
+        }
+    };
+    let issuer = issuer.with_grants(graph_gateway::issuer::Grants {
+        login_secret,
+        audience: DEV_AUDIENCE.into(),
+        scope: DEV_SCOPE.into(),
+        lifetime: std::time::Duration::from_secs(12 * 3600),
+    });
+    let router = issuer.router();
+    let token = shutdown.token();
+    tokio::spawn(async move {
+        if let Err(e) = runtime::http::serve(listener, router, token).await {
+            tracing::error!(error = %e, "development OIDC issuer stopped");
+        }
+    });
+    tracing::info!(issuer = %base, "development OIDC issuer (not for production)");
+    Ok(base)
 }
 
 type Running = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
@@ -257,7 +337,24 @@ async fn start(
     let broker = &embedded.broker;
     Ok(match service {
         Service::GraphGateway => {
-            let c = graph_gateway::Config::from_env(p)?;
+            let mut base = graph_gateway::Config::default();
+            if let Some(issuer) = &embedded.oidc_issuer {
+                base.settings.oidc_issuer = issuer.clone();
+                base.settings.oidc_audiences = DEV_AUDIENCE.into();
+                base.settings.graphql_development = true;
+            }
+            base.settings.internal_auth_api_key = embedded.internal_token.clone();
+            // Ingestion and the orchestrator where this process serves them.
+            let ingestion = tu_ingestion_service::Config::from_env(Some(
+                &Service::TuIngestionService.env_prefix(),
+            ))?;
+            let orchestrator = svc_analysis_orchestrator::Config::from_env(Some(
+                &Service::SvcAnalysisOrchestrator.env_prefix(),
+            ))?;
+            base.settings.ingestion_base_url = format!("http://{}", ingestion.settings.http_addr);
+            base.settings.orchestrator_base_url =
+                format!("http://{}", orchestrator.settings.http_addr);
+            let c = graph_gateway::Config::from_env_over(p, &base)?;
             let d = graph_gateway::Deps::connect(&c, broker)?;
             (
                 c.settings.http_addr.clone(),
@@ -350,6 +447,15 @@ fn print_banner(data_dir: &std::path::Path, services: &[(&str, String)]) {
         out.push_str(&format!(
             "  {name:<26} http://{addr}  (/health/ready, /metrics)\n"
         ));
+    }
+    if let Some((_, addr)) = services.iter().find(|(n, _)| *n == services::GRAPH_GATEWAY) {
+        out.push_str(&format!(
+            "\n  GraphQL:   http://{addr}/graphql  (GraphiQL in a browser, WebSocket for subscriptions)\n"
+        ));
+        out.push_str(
+            "  Analyze:   trackunit analyze PHOTO.jpg   (a sample: trackunit sample machine.jpg)\n",
+        );
+        out.push_str("  Watch:     trackunit watch\n");
     }
     eprintln!("{out}");
 }

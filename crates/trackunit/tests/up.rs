@@ -73,6 +73,10 @@ fn start(data_dir: &std::path::Path) -> Platform {
             "TRACKUNIT_S3_ADDR",
             format!("127.0.0.1:{}", testkit::free_port()),
         )
+        .env(
+            "TRACKUNIT_OIDC_ADDR",
+            format!("127.0.0.1:{}", testkit::free_port()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut ports = Vec::new();
