@@ -142,6 +142,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 /// `DATABASE_URL` a real database, `INTERNAL_AUTH_API_KEY` a fixed secret.
 struct Embedded {
     broker: InProcessBroker,
+    /// All six services (not `--only`): embedded defaults everywhere.
+    full_platform: bool,
     /// The development OIDC issuer's URL, when this process runs it.
     oidc_issuer: Option<String>,
     s3: Option<EmbeddedS3>,
@@ -250,6 +252,7 @@ impl Embedded {
         };
         Ok(Self {
             broker,
+            full_platform: selected.len() > 1,
             oidc_issuer,
             s3,
             s3_config,
@@ -323,6 +326,29 @@ async fn start_dev_issuer(data_dir: &Path, shutdown: &Shutdown) -> anyhow::Resul
     });
     tracing::info!(issuer = %base, "development OIDC issuer (not for production)");
     Ok(base)
+}
+
+/// The one-machine platform recognises offline when the models are there
+/// (`scripts/fetch-models.sh`); `RECOGNITION_ENGINE` still wins.
+fn default_engine(full_platform: bool) -> String {
+    let defaults = svc_ai_vision_adapter::Settings::default();
+    if !full_platform {
+        return defaults.recognition_engine;
+    }
+    let dir = std::env::var("OCR_MODELS_DIR")
+        .ok()
+        .filter(|d| !d.trim().is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(recognition::default_models_dir);
+    if recognition::models_present(&dir) {
+        "offline+catalog".into()
+    } else {
+        tracing::warn!(
+            models = %dir.display(),
+            "no recognition models: analyses will recognise nothing (run scripts/fetch-models.sh)"
+        );
+        defaults.recognition_engine
+    }
 }
 
 type Running = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
@@ -426,6 +452,7 @@ async fn start(
                 settings: svc_ai_vision_adapter::Settings {
                     media_access_url: format!("http://{}", media.settings.http_addr),
                     internal_auth_api_key: embedded.internal_token.clone(),
+                    recognition_engine: default_engine(embedded.full_platform),
                     ..Default::default()
                 },
                 ..Default::default()

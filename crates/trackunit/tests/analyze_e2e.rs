@@ -46,10 +46,7 @@ impl Up {
                     format!("127.0.0.1:{}", testkit::free_port()),
                 ));
             }
-            env.push((
-                "SVC_AI_VISION_ADAPTER_RECOGNITION_ENGINE".into(),
-                "offline".into(),
-            ));
+            // No engine setting: `up` picks the offline engine when the models are there.
             env
         });
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_trackunit"));
