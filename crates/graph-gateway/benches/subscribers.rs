@@ -85,7 +85,7 @@ impl Drop for Server {
 }
 
 impl Publisher {
-    async fn publish(&self, users: &[String], stamp: &str) {
+    async fn publish(&self, users: &[String]) {
         match self {
             Publisher::Rabbit(broker) => {
                 let mut sends = futures::stream::iter(users.iter().map(|u| {
@@ -94,7 +94,8 @@ impl Publisher {
                         upload_id: None,
                         object_key: "images/bench.jpg".into(),
                         owner: Some(u.clone()),
-                        correlation_id: Some(stamp.to_owned()),
+                        // Stamped as it is published: latency is publish → client.
+                        correlation_id: Some(now_ns().to_string()),
                         started_at: Some(Utc::now()),
                     };
                     let broker = broker.clone();
@@ -103,7 +104,7 @@ impl Publisher {
                         broker.publish(exchanges::ANALYSIS_STARTED, "", &m).await
                     }
                 }))
-                .buffer_unordered(64);
+                .buffer_unordered(256);
                 while let Some(r) = sends.next().await {
                     if let Err(e) = r {
                         eprintln!("publish: {e}");
@@ -114,7 +115,7 @@ impl Publisher {
                 for chunk in users.chunks(2000) {
                     if let Err(e) = http
                         .post(url)
-                        .json(&json!({"users": chunk, "stamp": stamp}))
+                        .json(&json!({"users": chunk, "stamp": now_ns().to_string()}))
                         .send()
                         .await
                     {
@@ -315,8 +316,7 @@ async fn measure(server: &Server, n: usize, rounds: usize, tokens: &[String]) ->
     let mut delivered = 0usize;
     let started = Instant::now();
     for _ in 0..rounds {
-        let stamp = now_ns().to_string();
-        server.publish.publish(&users, &stamp).await;
+        server.publish.publish(&users).await;
         let mut got = 0;
         let round_deadline = Instant::now() + Duration::from_secs(60);
         while got < held {
