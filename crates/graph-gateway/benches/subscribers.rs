@@ -355,13 +355,7 @@ async fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
     let servers = env_list("SERVERS", "gateway,node");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let issuer = DevIssuer::generate(format!("http://{}", listener.local_addr().expect("addr")))
-        .expect("issuer");
-    let router = issuer.router();
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let issuer = DevIssuer::spawn_local().await.expect("issuer");
     let vhost = testkit::RabbitVhost::create();
     let max = sizes.iter().copied().max().unwrap_or(0);
     let tokens: Vec<String> = (0..max)

@@ -32,6 +32,8 @@ pub enum IssuerError {
     BadKey(String),
     #[error("signing a token: {0}")]
     Signing(String),
+    #[error("serving the issuer: {0}")]
+    Serve(String),
 }
 
 struct SigningKey {
@@ -152,6 +154,21 @@ impl DevIssuer {
     pub fn with_grants(mut self, grants: Grants) -> Self {
         self.grants = Some(Arc::new(grants));
         self
+    }
+
+    /// A fresh issuer served on an ephemeral 127.0.0.1 port for as long as the runtime runs
+    /// (tests and benches).
+    pub async fn spawn_local() -> Result<Self, IssuerError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| IssuerError::Serve(e.to_string()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| IssuerError::Serve(e.to_string()))?;
+        let issuer = Self::generate(format!("http://{addr}"))?;
+        let router = issuer.router();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Ok(issuer)
     }
 
     pub fn issuer(&self) -> &str {

@@ -12,14 +12,7 @@ use serde_json::json;
 const AUDIENCE: &str = "api://trackunit-test";
 
 async fn serve_issuer() -> DevIssuer {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let issuer = DevIssuer::generate(base).expect("issuer");
-    let router = issuer.router();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    issuer
+    DevIssuer::spawn_local().await.expect("issuer")
 }
 
 fn settings(issuer: &DevIssuer) -> OidcSettings {

@@ -142,18 +142,24 @@ fn wait_for(waiters: &Shared, upload: &str) -> oneshot::Receiver<Value> {
     rx
 }
 
-pub async fn run(args: AnalyzeArgs) -> anyhow::Result<i32> {
-    let token = session::token(&args.session, true).await?;
-    let http = HttpClient::new(args.session.gateway.clone(), Some(token.clone()));
-    // Subscribe before the first upload: nothing can complete unseen.
+/// A subscription connection with the caller's `completed` and `failed` events (and `started`).
+async fn open_events(gateway: &str, token: &str, started: bool) -> anyhow::Result<WsClient> {
     let mut ws = WsClient::connect(
-        &ws_url(&args.session.gateway),
+        &ws_url(gateway),
         Protocol::TransportWs,
         None,
         json!({"Authorization": format!("Bearer {token}")}),
     )
     .await
     .context("opening the subscription")?;
+    if started {
+        ws.subscribe(
+            "started",
+            &format!("subscription {{ onAnalysisStarted {{ {EVENT_FIELDS} startedAt }} }}"),
+            json!({}),
+        )
+        .await?;
+    }
     ws.subscribe(
         "completed",
         &format!(
@@ -170,6 +176,14 @@ pub async fn run(args: AnalyzeArgs) -> anyhow::Result<i32> {
         json!({}),
     )
     .await?;
+    Ok(ws)
+}
+
+pub async fn run(args: AnalyzeArgs) -> anyhow::Result<i32> {
+    let token = session::token(&args.session, true).await?;
+    let http = HttpClient::new(args.session.gateway.clone(), Some(token.clone()));
+    // Subscribe before the first upload: nothing can complete unseen.
+    let mut ws = open_events(&args.session.gateway, &token, false).await?;
     let waiters: Shared = Arc::default();
     let (ws_error_tx, mut ws_error) = tokio::sync::watch::channel(None::<String>);
     let reader = {
@@ -441,34 +455,7 @@ pub struct WatchArgs {
 /// `trackunit watch`: the caller's analysis events as they happen.
 pub async fn watch(args: WatchArgs) -> anyhow::Result<i32> {
     let token = session::token(&args.session, true).await?;
-    let mut ws = WsClient::connect(
-        &ws_url(&args.session.gateway),
-        Protocol::TransportWs,
-        None,
-        json!({"Authorization": format!("Bearer {token}")}),
-    )
-    .await
-    .context("opening the subscription")?;
-    ws.subscribe(
-        "started",
-        &format!("subscription {{ onAnalysisStarted {{ {EVENT_FIELDS} startedAt }} }}"),
-        json!({}),
-    )
-    .await?;
-    ws.subscribe(
-        "completed",
-        &format!("subscription {{ onAnalysisCompleted {{ {EVENT_FIELDS} success completedAt recognitionPayload {{ provider {{ name }} aggregate {{ {AGGREGATE} }} }} }} }}"),
-        json!({}),
-    )
-    .await?;
-    ws.subscribe(
-        "failed",
-        &format!(
-            "subscription {{ onAnalysisFailed {{ {EVENT_FIELDS} reason message failedAt }} }}"
-        ),
-        json!({}),
-    )
-    .await?;
+    let mut ws = open_events(&args.session.gateway, &token, true).await?;
     eprintln!("watching your analyses (Ctrl-C stops)");
     let mut seen = 0;
     loop {

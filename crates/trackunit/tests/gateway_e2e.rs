@@ -18,18 +18,7 @@ use svc_ai_vision_adapter::engine::NoEngine;
 const AUDIENCE: &str = "api://trackunit-e2e";
 
 async fn serve_issuer() -> DevIssuer {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let issuer = DevIssuer::generate(format!("http://{}", listener.local_addr().expect("addr")))
-        .expect("issuer");
-    let router = issuer.router();
-    tokio::spawn(async move { axum_serve(listener, router).await });
-    issuer
-}
-
-async fn axum_serve(listener: tokio::net::TcpListener, router: axum::Router) {
-    let _ = axum::serve(listener, router).await;
+    DevIssuer::spawn_local().await.expect("issuer")
 }
 
 async fn upload(http: &HttpClient, name: &str, bytes: &[u8]) -> String {
